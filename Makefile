@@ -1,0 +1,20 @@
+# Rewind's usual targets. Every target bootstraps first (cheap when everything is in place).
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap test unit demo cluster crd clean
+
+bootstrap:
+	bash scripts/bootstrap.sh
+
+test: bootstrap  ## all tests, against the local control plane and PostgreSQL
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: bootstrap  ## tests that need no cluster and no database
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+cluster: bootstrap  ## start the local control plane in the foreground; prints how to use kubectl
+	.venv/bin/rewind-testbed up
+
+clean:
+	rm -rf .venv .pytest_cache

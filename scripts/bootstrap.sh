@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what Rewind's tests and demo need on a fresh machine, and reuses what is there:
+#   - PostgreSQL server (Debian's `postgresql` package) for the database tests;
+#   - a Python virtual environment in .venv with the pinned packages;
+#   - the test control plane, built from the Go module proxy into ~/.cache/rewind (testbed/build.sh).
+# Safe to run again: each part is skipped when it is already in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log() { echo "[bootstrap] $*" >&2; }
+
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${REWIND_PG_BINDIR:-}" ]; then
+  log "installing PostgreSQL (Debian package postgresql)"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  log "Python 3.11 or newer is needed (found $("$python" --version 2>&1)); set PYTHON=..."
+  exit 1
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  log "creating .venv and installing Python packages"
+  [ -x .venv/bin/python ] || "$python" -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  rm -f .venv/.installed-*; touch "$stamp"
+fi
+
+command -v go >/dev/null || { log "Go is needed to build the test control plane"; exit 1; }
+bash testbed/build.sh >/dev/null
+log "ready"

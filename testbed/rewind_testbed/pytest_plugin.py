@@ -1,0 +1,126 @@
+"""pytest fixtures for the test bed: the control plane, an API client, a fresh namespace per test,
+a PostgreSQL server and a fresh database per test.
+
+By default the bed is local (built and started by the harness). To run the same tests against an
+existing cluster (kind, say), set REWIND_TEST_EXISTING_CLUSTER=1 and point KUBECONFIG at it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rewind_testbed.cluster import ControlPlane
+from rewind_testbed.postgres import PostgresServer
+
+
+@dataclass
+class Cluster:
+    """What a test sees of a cluster, local or external."""
+
+    kubeconfig: Path
+    kubectl_bin: str
+    log_dir: Path | None = None
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
+                timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *args],
+            check=check, capture_output=True, text=True, input=input, timeout=timeout,
+        )
+
+
+def _external() -> bool:
+    return os.environ.get("REWIND_TEST_EXISTING_CLUSTER") == "1"
+
+
+@pytest.fixture(scope="session")
+def bed_dir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="rewind-bed-"))
+    os.chmod(path, 0o755)
+    yield path
+    if os.environ.get("REWIND_KEEP_BED") != "1":
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster(bed_dir: Path) -> Cluster:
+    if _external():
+        kubeconfig = os.environ.get("KUBECONFIG")
+        if not kubeconfig:
+            pytest.fail("REWIND_TEST_EXISTING_CLUSTER=1 needs KUBECONFIG to point at the cluster")
+        yield Cluster(Path(kubeconfig), shutil.which("kubectl") or "kubectl")
+        return
+    cp = ControlPlane.start(bed_dir / "cluster")
+    print(f"\ntest control plane up in {cp.started_in:.1f}s; logs in {cp.log_dir}")
+    try:
+        yield Cluster(cp.kubeconfig, str(cp.bin_dir / "kubectl"), cp.log_dir)
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="session")
+def api_client(cluster: Cluster):
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    yield api
+    api.close()
+
+
+def _ns_name(test_name: str) -> str:
+    base = re.sub(r"[^a-z0-9-]+", "-", test_name.lower()).strip("-")[:40].strip("-")
+    return f"t-{base}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def namespace(request, api_client) -> str:
+    """A fresh namespace for one test (with its `default` ServiceAccount), deleted afterwards."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    name = _ns_name(request.node.name)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+        name=name, labels={"rewind.dev/test": "true"})))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            core.read_namespaced_service_account("default", name)
+            break
+        except client.ApiException as e:
+            if e.status != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    yield name
+    try:
+        core.delete_namespace(name)
+    except client.ApiException as e:
+        if e.status != 404:
+            raise
+
+
+@pytest.fixture(scope="session")
+def postgres(bed_dir: Path) -> PostgresServer:
+    server = PostgresServer.start(bed_dir / "postgres")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database(request, postgres: PostgresServer) -> str:
+    """A fresh database for one test; yields its name (dsn via postgres.dsn(name))."""
+    name = re.sub(r"[^a-z0-9_]+", "_", request.node.name.lower())[:40] + "_" + secrets.token_hex(3)
+    postgres.create_database(name)
+    yield name
+    postgres.drop_database(name)

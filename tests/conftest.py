@@ -1,0 +1,1 @@
+pytest_plugins = ["rewind_testbed.pytest_plugin"]

@@ -18,3 +18,6 @@ cluster: bootstrap  ## start the local control plane in the foreground; prints h
 
 clean:
 	rm -rf .venv .pytest_cache
+
+crd: bootstrap  ## render crds/ from the pydantic models
+	.venv/bin/rewind crd --write

@@ -3,6 +3,7 @@ state, as produced by the real API server, the real controllers and the real Pos
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -80,7 +81,8 @@ def test_crd_is_served_and_validates(api_client, namespace):
         with pytest.raises(client.ApiException) as err:
             objs.create_namespaced_custom_object(*args, widget(name, spec))
         assert err.value.status == 422, name
-        assert expected in err.value.body, (name, err.value.body)
+        message = json.loads(err.value.body)["message"]
+        assert expected in message, (name, message)
     names = [o["metadata"]["name"] for o in objs.list_namespaced_custom_object(*args)["items"]]
     assert names == ["ok"]
 

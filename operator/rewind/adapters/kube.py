@@ -1,0 +1,146 @@
+"""A thin Kubernetes REST adapter over the official client: plain dicts in and out.
+
+Steps compare and patch pod templates exactly as the API server serialises them, so this adapter
+speaks JSON, not the generated model classes. Authentication (client certificates, bearer tokens,
+in-cluster service accounts) and TLS are the official client's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from kubernetes import client, config
+
+from rewind import __version__
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"rewind/{__version__}"
+FIELD_MANAGER = "rewind"
+
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+
+
+class KubeError(Exception):
+    """A non-2xx answer of the API server, with its status code and Status reason."""
+
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def forbidden(self) -> bool:
+        return self.status == 403
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str       # "" for the core group
+    version: str
+    plural: str
+
+    def path(self, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        if namespace:
+            base += f"/namespaces/{quote(namespace)}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{quote(name)}"
+        if sub:
+            base += f"/{sub}"
+        return base
+
+
+DEPLOYMENTS = Resource("apps", "v1", "deployments")
+REPLICASETS = Resource("apps", "v1", "replicasets")
+STATEFULSETS = Resource("apps", "v1", "statefulsets")
+DAEMONSETS = Resource("apps", "v1", "daemonsets")
+CONTROLLER_REVISIONS = Resource("apps", "v1", "controllerrevisions")
+ROLLBACKS = Resource("rewind.dev", "v1alpha1", "rollbacks")
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster service account when there is one, else the kubeconfig (or $KUBECONFIG)."""
+    cfg = client.Configuration()
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+            return client.ApiClient(cfg)
+        except config.ConfigException:
+            pass
+    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    return client.ApiClient(cfg)
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient):
+        self.api = api
+        self.api.user_agent = USER_AGENT
+
+    def request(self, method: str, path: str, body: Any = None, query: dict | None = None,
+                content_type: str = "application/json") -> dict:
+        params = list((query or {}).items())
+        method, url, headers, body_out, _ = self.api.param_serialize(
+            method=method, resource_path=path, query_params=params,
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body, auth_settings=["BearerToken"],
+        )
+        try:
+            resp = self.api.call_api(method, url, header_params=headers, body=body_out,
+                                     _request_timeout=30)
+            resp.read()
+            data, status = resp.data, resp.status
+        except client.ApiException as e:  # some transports raise instead of returning
+            data, status = (e.body or b""), e.status
+        if isinstance(data, (bytes, bytearray)):
+            data = data.decode("utf-8", errors="replace")
+        if status >= 400:
+            try:
+                st = json.loads(data)
+                raise KubeError(status, st.get("reason", ""), st.get("message", data))
+            except ValueError:
+                raise KubeError(status, "", data[:500]) from None
+        return json.loads(data) if data else {}
+
+    # --- conveniences -----------------------------------------------------------------------
+
+    def get(self, res: Resource, namespace: str, name: str) -> dict:
+        return self.request("GET", res.path(namespace, name))
+
+    def list(self, res: Resource, namespace: str, label_selector: str | None = None) -> list[dict]:
+        query = {"labelSelector": label_selector} if label_selector else None
+        return self.request("GET", res.path(namespace), query=query).get("items", [])
+
+    def patch(self, res: Resource, namespace: str, name: str, body: Any, content_type: str,
+              sub: str | None = None) -> dict:
+        return self.request("PATCH", res.path(namespace, name, sub), body=body,
+                            query={"fieldManager": FIELD_MANAGER}, content_type=content_type)
+
+    def create(self, res: Resource, namespace: str, body: dict) -> dict:
+        return self.request("POST", res.path(namespace), body=body,
+                            query={"fieldManager": FIELD_MANAGER})
+
+    def can_i(self, namespace: str, verb: str, res: Resource) -> bool:
+        review = {
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"namespace": namespace, "verb": verb,
+                                            "group": res.group, "resource": res.plural}},
+        }
+        out = self.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=review)
+        return bool(out.get("status", {}).get("allowed"))

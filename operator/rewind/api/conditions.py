@@ -1,0 +1,131 @@
+"""Condition types and reasons of a Rollback, and the helpers that set them.
+
+Conditions follow `metav1.Condition` exactly (type, status, observedGeneration,
+lastTransitionTime, reason, message). `Ready`, `Reconciling` and `Stalled` follow kstatus:
+while the operator works, `Reconciling=True`; when it cannot go on without a person,
+`Stalled=True`; `Ready=True` only when the rollback finished and did what it was asked.
+Reasons are CamelCase; messages are sentences a person on call can act on.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Iterable
+
+# --- types -----------------------------------------------------------------------------------
+
+READY = "Ready"
+"""True when the rollback finished successfully (or a dry run finished planning); False when it
+failed or is still running. `kubectl wait --for=condition=Ready` waits on this."""
+
+RECONCILING = "Reconciling"
+"""True while the operator is working on the rollback; removed when it reaches a terminal phase."""
+
+STALLED = "Stalled"
+"""True when the rollback stopped and needs a person: it failed, or was interrupted. Never cleared
+by the operator: a stalled rollback is final, a new Rollback is the way forward."""
+
+PLANNED = "Planned"
+"""True once every target was resolved and the plan was fixed in status; False with the reason
+why preflight refused the rollback (then nothing was changed)."""
+
+APPLICATION_RESTORED = "ApplicationRestored"
+"""Domain condition for workloads: True when every Deployment/StatefulSet/DaemonSet of the plan is
+at its wanted revision and rolled out; False while a rollout runs or when one failed."""
+
+VERIFIED = "Verified"
+"""True when the rollback's result was verified (for workloads: each runs the wanted revision's
+template and is available); False when a verification failed."""
+
+WITHIN_TARGET = "WithinTarget"
+"""True when the rollback finished before the severity's deadline; False when the deadline passed
+(set as soon as it passes, even while the rollback still runs)."""
+
+# --- reasons ---------------------------------------------------------------------------------
+
+# Progress
+PENDING = "Pending"
+"""The operator has seen the rollback and is about to plan it."""
+PLANNING = "Planning"
+"""Preflight is resolving the targets."""
+PLAN_READY = "PlanReady"
+"""Every target resolved; the plan is fixed in status."""
+DRY_RUN = "DryRun"
+"""`spec.dryRun` is true: the plan and its diffs are in status, nothing was changed."""
+EXECUTING = "Executing"
+"""A step of the plan is being applied."""
+ROLLOUT_IN_PROGRESS = "RolloutInProgress"
+"""A workload was patched; its controller is rolling it out."""
+SUCCEEDED = "Succeeded"
+"""Every step of the plan finished successfully."""
+ALREADY_AT_REVISION = "AlreadyAtRevision"
+"""The workload already runs the wanted revision's template; nothing had to change."""
+ROLLED_BACK = "RolledBack"
+"""The workload runs the wanted revision's template and the rollout completed."""
+WORKLOADS_AVAILABLE = "WorkloadsAvailable"
+"""Every workload of the plan runs its wanted revision's template and is available."""
+DEADLINE_MET = "DeadlineMet"
+"""The rollback completed before the severity's deadline."""
+DEADLINE_MISSED = "DeadlineMissed"
+"""The severity's deadline passed before the rollback completed."""
+
+# Preflight refusals (the rollback fails before changing anything)
+INVALID_SPEC = "InvalidSpec"
+"""The spec passed the CRD's schema but not the operator's own checks."""
+TARGET_NOT_FOUND = "TargetNotFound"
+"""A workload named in the spec does not exist in the Rollback's namespace."""
+NAMESPACE_NOT_ALLOWED = "NamespaceNotAllowed"
+"""A target names another namespace; a Rollback only touches its own namespace."""
+REVISION_NOT_FOUND = "RevisionNotFound"
+"""The wanted revision is unknown, or was pruned by revisionHistoryLimit."""
+WORKLOAD_PAUSED = "WorkloadPaused"
+"""The Deployment is paused (`kubectl rollout pause`); resume it first, as kubectl requires."""
+FORBIDDEN = "Forbidden"
+"""The operator lacks the RBAC permission it needs for a target."""
+
+# Failures during execution
+ROLLOUT_FAILED = "RolloutFailed"
+"""The workload's rollout did not complete: its progress deadline passed."""
+CONFLICT = "ConcurrentModification"
+"""Someone else changed the workload between preflight and the write; nothing was written."""
+INTERRUPTED = "Interrupted"
+"""The operator stopped inside a step whose outcome it cannot know; a person must check."""
+API_ERROR = "ApiError"
+"""The Kubernetes API refused a call in a way retries did not fix."""
+
+STATUSES = ("True", "False", "Unknown")
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(conditions: list[dict], type_: str, status: str, reason: str, message: str,
+                  generation: int, at: str | None = None) -> list[dict]:
+    """Returns the conditions with `type_` set; lastTransitionTime changes only when the status does."""
+    assert status in STATUSES, status
+    at = at or now()
+    out = []
+    found = False
+    for c in conditions:
+        if c.get("type") == type_:
+            found = True
+            transition = c.get("lastTransitionTime") if c.get("status") == status else at
+            c = {"type": type_, "status": status, "observedGeneration": generation,
+                 "lastTransitionTime": transition or at, "reason": reason, "message": message}
+        out.append(c)
+    if not found:
+        out.append({"type": type_, "status": status, "observedGeneration": generation,
+                    "lastTransitionTime": at, "reason": reason, "message": message})
+    return out
+
+
+def remove_condition(conditions: list[dict], type_: str) -> list[dict]:
+    return [c for c in conditions if c.get("type") != type_]
+
+
+def get_condition(conditions: Iterable[dict], type_: str) -> dict | None:
+    for c in conditions:
+        if c.get("type") == type_:
+            return c
+    return None

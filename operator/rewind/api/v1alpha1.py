@@ -1,0 +1,213 @@
+"""The `Rollback` resource, rewind.dev/v1alpha1: the single source of truth for its schema.
+
+The CRD in `crds/` is rendered from these models (`rewind crd`); a test fails when the two differ.
+Rules that an OpenAPI schema cannot say are CEL rules (`x-kubernetes-validations`) declared here.
+"""
+
+from __future__ import annotations
+
+import datetime
+from enum import Enum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+GROUP = "rewind.dev"
+VERSION = "v1alpha1"
+KIND = "Rollback"
+PLURAL = "rollbacks"
+SINGULAR = "rollback"
+SHORT_NAMES = ["rb"]
+
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              use_enum_values=True)
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _cel(rule: str, message: str, **extra) -> dict:
+    return {"rule": rule, "message": message, **extra}
+
+
+# --- spec ------------------------------------------------------------------------------------
+
+
+class Severity(str, Enum):
+    """The seed's decision matrix; each severity has a deadline (see plan.DEADLINES)."""
+
+    CRITICAL = "Critical"
+    HIGH = "High"
+    MEDIUM = "Medium"
+    LOW = "Low"
+
+
+class WorkloadKind(str, Enum):
+    DEPLOYMENT = "Deployment"
+    STATEFUL_SET = "StatefulSet"
+    DAEMON_SET = "DaemonSet"
+
+
+PREVIOUS = "previous"
+
+RevisionRef = Annotated[
+    Union[int, Literal["previous"]],
+    WithJsonSchema({
+        "x-kubernetes-int-or-string": True,
+        "description": "`previous` (the revision before the newest, as `kubectl rollout undo`) "
+                       "or a revision number (as `kubectl rollout undo --to-revision=N`).",
+        "x-kubernetes-validations": [_cel(
+            "type(self) == int ? self >= 1 : self == 'previous'",
+            "toRevision must be 'previous' or a revision number of 1 or more")],
+    }),
+]
+
+
+class WorkloadTarget(_Model):
+    """A workload to restore to an earlier revision."""
+
+    kind: WorkloadKind = Field(WorkloadKind.DEPLOYMENT, description="Deployment, StatefulSet or DaemonSet.")
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
+                      description="The workload's name, in the Rollback's namespace.")
+    namespace: str | None = Field(
+        None, max_length=63, pattern=DNS_LABEL,
+        description="Optional; when set it must be the Rollback's own namespace.")
+    to_revision: RevisionRef = PREVIOUS
+
+
+class RollbackSpec(_Model):
+    """What to roll back, why, and how urgently."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("has(self.application)",
+             "spec must name at least one target: spec.application lists the workloads to roll back"),
+    ]})
+
+    severity: Severity = Field(description="Critical, High, Medium or Low; sets the deadline.")
+    reason: str = Field(min_length=1, max_length=1024,
+                        description="Why the rollback is needed; goes into Events and the report.")
+    requested_by: str | None = Field(None, max_length=256, description="Who asked for it (declared).")
+    dry_run: bool = Field(False, description="Plan and preflight only: record the diffs, change nothing.")
+    application: list[WorkloadTarget] | None = Field(
+        None, min_length=1, max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["kind", "name"]},
+        description="Workloads to restore to an earlier revision, in this order.")
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+class Phase(str, Enum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    PLANNED = "Planned"        # dry run finished
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    INTERRUPTED = "Interrupted"
+
+
+TERMINAL_PHASES = {Phase.PLANNED.value, Phase.SUCCEEDED.value, Phase.FAILED.value,
+                   Phase.INTERRUPTED.value}
+
+
+class Condition(_Model):
+    """metav1.Condition, field for field."""
+
+    type: str = Field(max_length=316, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$")
+    status: Literal["True", "False", "Unknown"]
+    observed_generation: int | None = Field(None, ge=0)
+    last_transition_time: datetime.datetime
+    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = Field(max_length=32768)
+
+
+class StepKind(str, Enum):
+    WORKLOAD_REVISION = "WorkloadRevision"
+
+
+class StepAction(str, Enum):
+    RESTORE = "Restore"
+    NO_OP = "NoOp"
+
+
+class TargetRef(_Model):
+    kind: str
+    name: str
+
+
+class PlanStep(_Model):
+    """One step of the plan, resolved at preflight and fixed when the run starts."""
+
+    name: str = Field(description="Stable step id, e.g. deployment/web.")
+    kind: StepKind
+    target: TargetRef
+    action: StepAction
+    current_revision: int | None = Field(None, description="The workload's newest revision at planning.")
+    to_revision: int | None = Field(None, description="The revision whose template is restored.")
+    observed_generation: int | None = Field(
+        None, description="The workload's metadata.generation at planning; the write needs it unchanged.")
+    template_hash: str | None = Field(None, description="Hash of the pod template to restore.")
+    diff: str | None = Field(None, description="Unified diff of the pod template change.")
+
+
+class StepState(str, Enum):
+    PENDING = "Pending"
+    RUNNING = "Running"      # intent recorded; the side effect may or may not have happened
+    WAITING = "Waiting"      # side effect done; waiting for the system to converge
+    SUCCEEDED = "Succeeded"
+    SKIPPED = "Skipped"
+    FAILED = "Failed"
+    INTERRUPTED = "Interrupted"
+
+
+class StepRecord(_Model):
+    """The ledger entry of a step: intent before the side effect, outcome after it."""
+
+    name: str
+    state: StepState
+    started_at: datetime.datetime | None = None
+    finished_at: datetime.datetime | None = None
+    attempts: int = 0
+    message: str | None = None
+    restored_revision: int | None = Field(None, description="Revision number the controller gave the restored template.")
+
+
+class RollbackStatus(_Model):
+    observed_generation: int | None = None
+    phase: Phase | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    plan: list[PlanStep] = Field(default_factory=list)
+    steps: list[StepRecord] = Field(default_factory=list)
+    progress: str | None = Field(None, description="Current step out of all steps, as n/m.")
+    started_at: datetime.datetime | None = None
+    deadline: datetime.datetime | None = None
+    completed_at: datetime.datetime | None = None
+    within_target: bool | None = None
+    duration: str | None = Field(None, description="From start to completion, e.g. 1m12s.")
+
+
+class Rollback(BaseModel):
+    """The whole object, as the operator reads it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    api_version: str = Field(alias="apiVersion")
+    kind: str
+    metadata: dict[str, Any]
+    spec: RollbackSpec
+    status: RollbackStatus = Field(default_factory=RollbackStatus)
+
+
+SPEC_IMMUTABLE_RULE = _cel(
+    "!has(oldSelf.status) || !has(oldSelf.status.startedAt) || self.spec == oldSelf.spec",
+    "spec is immutable once the rollback has started; create a new Rollback instead",
+    reason="FieldValueForbidden", fieldPath=".spec")

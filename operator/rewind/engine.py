@@ -1,0 +1,267 @@
+"""Drives one Rollback forward: plan and preflight, then the plan's steps, one at a time.
+
+`advance` is called with the Rollback as it is now (freshly read) and does as much as it can
+without waiting. The ledger in status is the truth: intent is saved before each side effect and
+the outcome after it, each save guarded by resourceVersion, so a crash at any point leaves a
+ledger from which a restarted operator continues without repeating a write. When it must wait,
+`advance` returns the delay after which to call it again; kopf turns that into a retry.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+from rewind import plan as planning
+from rewind.adapters.kube import Kube
+from rewind.api import conditions as C
+from rewind.api.v1alpha1 import (
+    TERMINAL_PHASES, Condition, Phase, PlanStep, Rollback, StepAction, StepRecord, StepState,
+)
+from rewind.steps import workload
+
+log = logging.getLogger(__name__)
+
+ROLLOUT_POLL_SECONDS = 1.0
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+
+
+@dataclass
+class Context:
+    kube: Kube
+    obj: dict
+    save_status: Callable[[dict], dict]              # writes status; returns the new object
+    emit: Callable[[str, str, str], None]            # (type, reason, message) -> Event
+    clock: Callable[[], datetime.datetime] = utcnow
+    rollback: Rollback = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rollback = Rollback.model_validate(self.obj)
+
+    @property
+    def namespace(self) -> str:
+        return self.obj["metadata"]["namespace"]
+
+    @property
+    def name(self) -> str:
+        return self.obj["metadata"]["name"]
+
+    @property
+    def uid(self) -> str:
+        return self.obj["metadata"]["uid"]
+
+    @property
+    def generation(self) -> int:
+        return self.obj["metadata"].get("generation", 1)
+
+    @property
+    def status(self):
+        return self.rollback.status
+
+    def condition(self, type_: str, status: str, reason: str, message: str) -> None:
+        current = [c.dump() for c in self.status.conditions]
+        updated = C.set_condition(current, type_, status, reason, message, self.generation,
+                                  at=self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"))
+        self.status.conditions = [Condition.model_validate(c) for c in updated]
+
+    def drop_condition(self, type_: str) -> None:
+        self.status.conditions = [c for c in self.status.conditions if c.type != type_]
+
+    def save(self) -> None:
+        self.status.observed_generation = self.generation
+        self.obj = self.save_status(self.status.dump())
+
+
+def advance(ctx: Context) -> float | None:
+    """Moves the rollback on; returns seconds until it should be called again, or None when it
+    reached a terminal phase (or already was in one)."""
+    if ctx.status.phase in TERMINAL_PHASES:
+        return None
+    if ctx.status.started_at is None:
+        return _plan(ctx)
+    return _execute(ctx)
+
+
+# --- planning --------------------------------------------------------------------------------
+
+
+def _plan(ctx: Context) -> float | None:
+    spec = ctx.rollback.spec
+    started = ctx.clock()
+    ctx.status.started_at = started
+    ctx.status.deadline = planning.deadline_for(spec.severity, started)
+    ctx.status.phase = Phase.RUNNING.value
+    ctx.condition(C.RECONCILING, "True", C.PLANNING, "Resolving the targets of the rollback.")
+    ctx.condition(C.READY, "False", C.PLANNING, "Resolving the targets of the rollback.")
+    ctx.save()   # from here on the spec is immutable (CEL rule on status.startedAt)
+    ctx.emit("Normal", "Planning", f"{spec.severity} rollback requested: {spec.reason}")
+
+    resolved: dict[str, PlanStep] = {}
+    problems: list[workload.PreflightError] = []
+    for target in spec.application or []:
+        try:
+            r = workload.resolve(ctx.kube, ctx.namespace, target)
+            resolved[r.step.name] = r.step
+        except workload.PreflightError as e:
+            problems.append(e)
+    if problems:
+        message = "Preflight refused the rollback; nothing was changed: " + \
+            "; ".join(p.message for p in problems) + "."
+        reason = problems[0].reason
+        ctx.condition(C.PLANNED, "False", reason, message)
+        return _terminal(ctx, Phase.FAILED, reason, message)
+
+    steps = planning.order(spec, resolved)
+    ctx.status.plan = steps
+    ctx.status.steps = planning.initial_ledger(steps)
+    ctx.status.progress = planning.progress(ctx.status.steps)
+    summary = "; ".join(_describe(s) for s in steps)
+    ctx.condition(C.PLANNED, "True", C.PLAN_READY, f"Plan of {len(steps)} step(s): {summary}.")
+    if spec.dry_run:
+        message = f"Dry run: {summary}. Nothing was changed; the diffs are in status.plan."
+        return _terminal(ctx, Phase.PLANNED, C.DRY_RUN, message, ready=True)
+    ctx.condition(C.READY, "False", C.EXECUTING, "The plan is fixed; executing it.")
+    ctx.condition(C.RECONCILING, "True", C.EXECUTING, "The plan is fixed; executing it.")
+    ctx.save()
+    ctx.emit("Normal", "Planned", f"Plan of {len(steps)} step(s): {summary}")
+    return _execute(ctx)
+
+
+def _describe(step: PlanStep) -> str:
+    what = f"{step.target.kind} {step.target.name}"
+    if step.action == StepAction.NO_OP.value:
+        return f"{what} already runs revision {step.to_revision}'s template"
+    return f"{what} from revision {step.current_revision} to revision {step.to_revision}'s template"
+
+
+# --- execution -------------------------------------------------------------------------------
+
+
+def _execute(ctx: Context) -> float | None:
+    _check_deadline(ctx)
+    while True:
+        i = planning.current_index(ctx.status.steps)
+        if i is None:
+            return _succeed(ctx)
+        step, rec = ctx.status.plan[i], ctx.status.steps[i]
+        ctx.status.progress = planning.progress(ctx.status.steps)
+        what = f"{step.target.kind} {step.target.name}"
+
+        if rec.state == StepState.PENDING.value:
+            if step.action == StepAction.NO_OP.value:
+                rec.state = StepState.SKIPPED.value
+                rec.finished_at = ctx.clock()
+                rec.message = f"{what} already runs revision {step.to_revision}'s template; nothing to change."
+                ctx.save()
+                ctx.emit("Normal", C.ALREADY_AT_REVISION, rec.message)
+                continue
+            rec.state = StepState.RUNNING.value
+            rec.attempts += 1
+            rec.started_at = rec.started_at or ctx.clock()
+            rec.message = f"Restoring {what} to revision {step.to_revision}'s template."
+            ctx.condition(C.APPLICATION_RESTORED, "False", C.EXECUTING, rec.message)
+            ctx.save()   # intent, before the write
+
+        if rec.state == StepState.RUNNING.value:
+            try:
+                how = workload.apply(ctx.kube, ctx.namespace, step, ctx.uid)
+            except workload.ApplyError as e:
+                return _fail_step(ctx, rec, e.reason, e.message)
+            rec.state = StepState.WAITING.value
+            rec.message = (f"{what} {'was already' if how == 'adopted' else ''} patched to revision "
+                           f"{step.to_revision}'s template; waiting for the rollout.").replace("  ", " ")
+            ctx.condition(C.APPLICATION_RESTORED, "False", C.ROLLOUT_IN_PROGRESS, rec.message)
+            ctx.save()
+            ctx.emit("Normal", "Restoring", rec.message)
+
+        if rec.state == StepState.WAITING.value:
+            state, revision = workload.check_rollout(ctx.kube, ctx.namespace, step, ctx.uid)
+            if state.failed:
+                return _fail_step(ctx, rec, C.ROLLOUT_FAILED, state.message)
+            if not state.done:
+                limit = rec.started_at + datetime.timedelta(
+                    seconds=workload.DEFAULT_PROGRESS_DEADLINE_SECONDS)
+                if step.target.kind != "Deployment" and ctx.clock() > limit:
+                    return _fail_step(ctx, rec, C.ROLLOUT_FAILED,
+                                      f"{what} did not finish rolling out within "
+                                      f"{workload.DEFAULT_PROGRESS_DEADLINE_SECONDS}s: {state.message}")
+                if rec.message != state.message:
+                    rec.message = state.message
+                    ctx.save()
+                return ROLLOUT_POLL_SECONDS
+            rec.state = StepState.SUCCEEDED.value
+            rec.finished_at = ctx.clock()
+            rec.restored_revision = revision
+            rec.message = (f"{what} runs revision {step.to_revision}'s template again"
+                           f"{f' (as revision {revision})' if revision else ''}; {state.message}.")
+            ctx.save()
+            ctx.emit("Normal", C.ROLLED_BACK, rec.message)
+            continue
+
+        # A step already Failed/Interrupted while the phase is not terminal: finish the failure.
+        return _terminal(ctx, Phase.FAILED, C.INTERRUPTED, rec.message or "A step failed.")
+
+
+def _check_deadline(ctx: Context) -> None:
+    deadline = ctx.status.deadline
+    if deadline and ctx.clock() > deadline and ctx.status.within_target is not False:
+        ctx.status.within_target = False
+        msg = (f"The {ctx.rollback.spec.severity} deadline ({deadline:%H:%M:%S}Z) passed before the "
+               "rollback completed; it goes on.")
+        ctx.condition(C.WITHIN_TARGET, "False", C.DEADLINE_MISSED, msg)
+        ctx.save()
+        ctx.emit("Warning", C.DEADLINE_MISSED, msg)
+
+
+def _fail_step(ctx: Context, rec: StepRecord, reason: str, message: str) -> None:
+    rec.state = StepState.FAILED.value
+    rec.finished_at = ctx.clock()
+    rec.message = message
+    ctx.condition(C.APPLICATION_RESTORED, "False", reason, message)
+    return _terminal(ctx, Phase.FAILED, reason, f"Step {rec.name} failed: {message}")
+
+
+def _succeed(ctx: Context) -> None:
+    restored = [r for r in ctx.status.steps if r.state == StepState.SUCCEEDED.value]
+    skipped = [r for r in ctx.status.steps if r.state == StepState.SKIPPED.value]
+    message = (f"Rolled back: {len(restored)} workload(s) restored and rolled out"
+               f"{f', {len(skipped)} already at the wanted revision' if skipped else ''}.")
+    ctx.condition(C.APPLICATION_RESTORED, "True",
+                  C.ROLLED_BACK if restored else C.ALREADY_AT_REVISION, message)
+    ctx.condition(C.VERIFIED, "True", C.WORKLOADS_AVAILABLE,
+                  "Every workload of the plan runs its wanted revision's template and is available.")
+    return _terminal(ctx, Phase.SUCCEEDED, C.SUCCEEDED, message, ready=True)
+
+
+def fail(ctx: Context, reason: str, message: str) -> None:
+    """Ends the rollback as Failed (for errors outside any step's own handling)."""
+    return _terminal(ctx, Phase.FAILED, reason, message)
+
+
+def _terminal(ctx: Context, phase: Phase, reason: str, message: str, ready: bool = False) -> None:
+    now = ctx.clock()
+    ctx.status.phase = phase.value
+    ctx.status.completed_at = now
+    ctx.status.progress = planning.progress(ctx.status.steps) if ctx.status.steps else "0/0"
+    ctx.status.duration = planning.format_duration(now - ctx.status.started_at)
+    ctx.condition(C.READY, "True" if ready else "False", reason, message)
+    ctx.drop_condition(C.RECONCILING)
+    if not ready:
+        ctx.condition(C.STALLED, "True", reason, message)
+    if phase != Phase.PLANNED:
+        within = ready and now <= ctx.status.deadline
+        ctx.status.within_target = within
+        ctx.condition(C.WITHIN_TARGET, "True" if within else "False",
+                      C.DEADLINE_MET if within else C.DEADLINE_MISSED,
+                      f"Finished in {ctx.status.duration}; the {ctx.rollback.spec.severity} target "
+                      f"is {planning.format_duration(planning.DEADLINES[ctx.rollback.spec.severity])}."
+                      if ready else "The rollback did not complete.")
+    ctx.save()
+    ctx.emit("Normal" if ready else "Warning", reason, message)
+    log.info("rollback %s/%s is %s: %s", ctx.namespace, ctx.name, phase.value, message)
+    return None

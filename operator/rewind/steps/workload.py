@@ -1,0 +1,411 @@
+"""Workload revision restore, with the semantics of `kubectl rollout undo [--to-revision=N]`.
+
+Deployments keep their history in ReplicaSets (`deployment.kubernetes.io/revision`); StatefulSets
+and DaemonSets in ControllerRevisions. The step has the shape every step has:
+
+- `preflight` (read-only): resolve the wanted revision and what the write would change;
+- `apply` (idempotent): one write, only if the spec is as planned, guarded by resourceVersion;
+- `adopt`: after a crash, tell whether our write already happened;
+- `rollout` : whether the controller finished rolling out the restored template.
+
+Differences from kubectl, on purpose: the write carries a resourceVersion precondition (kubectl's
+has none and can race a concurrent writer), a field manager, and the annotation
+`rewind.dev/restored-by: <Rollback UID>` so that a restarted operator recognises its own write.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from rewind.adapters.kube import (
+    CONTROLLER_REVISIONS, DAEMONSETS, DEPLOYMENTS, JSON_PATCH, REPLICASETS, STATEFULSETS,
+    STRATEGIC_MERGE_PATCH, Kube, KubeError, Resource,
+)
+from rewind.api import conditions as C
+from rewind.plan import workload_step_name
+from rewind.api.v1alpha1 import PREVIOUS, PlanStep, StepAction, StepKind, TargetRef, WorkloadTarget
+
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+RESTORED_BY_ANNOTATION = "rewind.dev/restored-by"
+POD_TEMPLATE_HASH = "pod-template-hash"
+
+# kubectl's annotationsToSkip (polymorphichelpers/rollback.go): kept at their current values.
+SKIP_ANNOTATIONS = frozenset({
+    "kubectl.kubernetes.io/last-applied-configuration",
+    "deployment.kubernetes.io/revision",
+    "deployment.kubernetes.io/revision-history",
+    "deployment.kubernetes.io/desired-replicas",
+    "deployment.kubernetes.io/max-replicas",
+    "deprecated.deployment.rollback.to",
+})
+
+# How long a StatefulSet/DaemonSet rollout may take; they have no progressDeadlineSeconds.
+DEFAULT_PROGRESS_DEADLINE_SECONDS = 600
+
+MAX_DIFF_CHARS = 8000
+
+
+class PreflightError(Exception):
+    """The step cannot be planned; nothing was changed."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    resource: Resource
+    history: Resource
+
+
+KINDS = {
+    "Deployment": Kind("Deployment", DEPLOYMENTS, REPLICASETS),
+    "StatefulSet": Kind("StatefulSet", STATEFULSETS, CONTROLLER_REVISIONS),
+    "DaemonSet": Kind("DaemonSet", DAEMONSETS, CONTROLLER_REVISIONS),
+}
+
+
+# --- pure helpers ----------------------------------------------------------------------------
+
+
+def is_controlled_by(obj: dict, owner: dict) -> bool:
+    uid = owner["metadata"]["uid"]
+    return any(ref.get("controller") and ref.get("uid") == uid
+               for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+def history_revision(kind: str, obj: dict) -> int | None:
+    """The revision number an history object (ReplicaSet or ControllerRevision) stands for."""
+    if kind == "Deployment":
+        value = (obj["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION)
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
+    return obj.get("revision")
+
+
+def choose_revision(available: list[int], wanted: int | str) -> int:
+    """kubectl's choice: `previous` is the second-highest revision; a number must exist."""
+    revisions = sorted(set(available))
+    listing = ", ".join(map(str, revisions)) or "none"
+    if wanted == PREVIOUS:
+        if len(revisions) < 2:
+            raise PreflightError(C.REVISION_NOT_FOUND,
+                                 f"there is no previous revision (revisions kept: {listing}); "
+                                 "revisionHistoryLimit may have pruned older ones")
+        return revisions[-2]
+    if wanted not in revisions:
+        raise PreflightError(C.REVISION_NOT_FOUND,
+                             f"revision {wanted} not found (revisions kept: {listing}); "
+                             "it may never have existed or was pruned by revisionHistoryLimit")
+    return int(wanted)
+
+
+def template_of_history(kind: str, obj: dict) -> dict:
+    """The pod template a history object holds, as the workload's spec.template would be."""
+    if kind == "Deployment":
+        template = copy.deepcopy(obj["spec"]["template"])
+        labels = template.get("metadata", {}).get("labels")
+        if labels:
+            labels.pop(POD_TEMPLATE_HASH, None)
+        return template
+    template = copy.deepcopy(obj.get("data", {}).get("spec", {}).get("template", {}))
+    template.pop("$patch", None)
+    return template
+
+
+def restored_annotations(current: dict[str, str], from_history: dict[str, str],
+                         rollback_uid: str) -> dict[str, str]:
+    """kubectl's rule: the history object's annotations, except the skip list, whose current
+    values are kept; plus Rewind's own marker."""
+    out = {k: v for k, v in current.items() if k in SKIP_ANNOTATIONS}
+    out.update({k: v for k, v in from_history.items() if k not in SKIP_ANNOTATIONS})
+    out[RESTORED_BY_ANNOTATION] = rollback_uid
+    return out
+
+
+def template_hash(template: dict) -> str:
+    canonical = json.dumps(template, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _mask_env(template: dict) -> dict:
+    """Env values may be credentials someone inlined; the diff shows that they change, not what."""
+    t = copy.deepcopy(template)
+    spec = t.get("spec", {})
+    for group in ("containers", "initContainers", "ephemeralContainers"):
+        for c in spec.get(group) or []:
+            for env in c.get("env") or []:
+                if "value" in env:
+                    digest = hashlib.sha256(str(env["value"]).encode()).hexdigest()[:12]
+                    env["value"] = f"<masked sha256:{digest}>"
+    return t
+
+
+def template_diff(current: dict, target: dict, name: str) -> str:
+    a = yaml.safe_dump(_mask_env(current), sort_keys=True).splitlines(keepends=True)
+    b = yaml.safe_dump(_mask_env(target), sort_keys=True).splitlines(keepends=True)
+    diff = "".join(difflib.unified_diff(a, b, f"{name} (current)", f"{name} (restored)"))
+    if len(diff) > MAX_DIFF_CHARS:
+        diff = diff[:MAX_DIFF_CHARS] + "\n... (diff truncated)\n"
+    return diff
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    done: bool
+    failed: bool
+    message: str
+
+
+def rollout_state(kind: str, obj: dict) -> RolloutState:
+    """kubectl rollout status, per kind (kubectl/pkg/polymorphichelpers/rollout_status.go)."""
+    meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status", {})
+    name = meta["name"]
+    generation, observed = meta.get("generation", 0), status.get("observedGeneration", 0)
+
+    def waiting(msg: str) -> RolloutState:
+        return RolloutState(False, False, msg)
+
+    if kind == "Deployment":
+        if generation > observed:
+            return waiting(f"waiting for the Deployment {name} spec update to be observed")
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+                return RolloutState(False, True, f"Deployment {name} exceeded its progress deadline: "
+                                                 f"{cond.get('message', '')}".strip())
+        replicas = spec.get("replicas", 1)
+        updated = status.get("updatedReplicas", 0)
+        if updated < replicas:
+            return waiting(f"{updated} of {replicas} new replicas have been updated")
+        if status.get("replicas", 0) > updated:
+            return waiting(f"{status.get('replicas', 0) - updated} old replicas are pending termination")
+        available = status.get("availableReplicas", 0)
+        if available < updated:
+            return waiting(f"{available} of {updated} updated replicas are available")
+        return RolloutState(True, False, f"Deployment {name} rolled out: {available} of {replicas} available")
+
+    if kind == "StatefulSet":
+        if observed == 0 or generation > observed:
+            return waiting(f"waiting for the StatefulSet {name} spec update to be observed")
+        replicas = spec.get("replicas", 1)
+        ready = status.get("readyReplicas", 0)
+        if ready < replicas:
+            return waiting(f"{ready} of {replicas} pods are ready")
+        strategy = spec.get("updateStrategy", {})
+        if strategy.get("type", "RollingUpdate") == "RollingUpdate":
+            partition = (strategy.get("rollingUpdate") or {}).get("partition", 0)
+            if partition:
+                updated = status.get("updatedReplicas", 0)
+                if updated < replicas - partition:
+                    return waiting(f"{updated} of {replicas - partition} pods updated (partition {partition})")
+                return RolloutState(True, False, f"StatefulSet {name} partitioned rollout complete")
+        if status.get("updateRevision") != status.get("currentRevision"):
+            return waiting(f"waiting for the StatefulSet {name} rolling update to complete "
+                           f"({status.get('updatedReplicas', 0)} of {replicas} pods updated)")
+        return RolloutState(True, False, f"StatefulSet {name} rolled out: {ready} of {replicas} ready")
+
+    # DaemonSet
+    if spec.get("updateStrategy", {}).get("type", "RollingUpdate") != "RollingUpdate":
+        return RolloutState(True, False, f"DaemonSet {name} uses OnDelete; pods update when deleted")
+    if generation > observed:
+        return waiting(f"waiting for the DaemonSet {name} spec update to be observed")
+    desired = status.get("desiredNumberScheduled", 0)
+    updated = status.get("updatedNumberScheduled", 0)
+    if updated < desired:
+        return waiting(f"{updated} of {desired} updated pods have been scheduled")
+    available = status.get("numberAvailable", 0)
+    if available < desired:
+        return waiting(f"{available} of {desired} updated pods are available")
+    return RolloutState(True, False, f"DaemonSet {name} rolled out: {available} of {desired} available")
+
+
+def build_patch(kind: str, history_obj: dict, current: dict, template: dict,
+                rollback_uid: str) -> tuple[Any, str]:
+    """The write that restores `template`, guarded by the current resourceVersion."""
+    rv = current["metadata"]["resourceVersion"]
+    if kind == "Deployment":
+        annotations = restored_annotations(current["metadata"].get("annotations") or {},
+                                           history_obj["metadata"].get("annotations") or {},
+                                           rollback_uid)
+        return ([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+            {"op": "replace", "path": "/spec/template", "value": template},
+            {"op": "replace", "path": "/metadata/annotations", "value": annotations},
+        ], JSON_PATCH)
+    # StatefulSet/DaemonSet: kubectl applies the ControllerRevision's data as a strategic merge
+    # patch (its template carries "$patch": "replace").
+    body = copy.deepcopy(history_obj.get("data") or {})
+    body["metadata"] = {"resourceVersion": rv,
+                        "annotations": {RESTORED_BY_ANNOTATION: rollback_uid}}
+    return body, STRATEGIC_MERGE_PATCH
+
+
+# --- the step --------------------------------------------------------------------------------
+
+
+@dataclass
+class Resolved:
+    step: PlanStep
+    history_obj: dict
+    current: dict
+
+
+def _read(kube: Kube, kind: Kind, namespace: str, name: str) -> dict:
+    try:
+        return kube.get(kind.resource, namespace, name)
+    except KubeError as e:
+        if e.not_found:
+            raise PreflightError(C.TARGET_NOT_FOUND,
+                                 f"{kind.name} {namespace}/{name} does not exist") from None
+        if e.forbidden:
+            raise PreflightError(C.FORBIDDEN, f"the operator may not read {kind.name} "
+                                              f"{namespace}/{name}: {e.message}") from None
+        raise
+
+
+def resolve(kube: Kube, namespace: str, target: WorkloadTarget) -> Resolved:
+    """Preflight for one workload; raises PreflightError. Reads only."""
+    if target.namespace and target.namespace != namespace:
+        raise PreflightError(
+            C.NAMESPACE_NOT_ALLOWED,
+            f"{target.kind} {target.namespace}/{target.name} is in another namespace; a Rollback "
+            f"only touches its own namespace ({namespace}). Create the Rollback in "
+            f"{target.namespace} instead")
+    kind = KINDS[target.kind]
+    current = _read(kube, kind, namespace, target.name)
+    if kind.name == "Deployment" and current.get("spec", {}).get("paused"):
+        raise PreflightError(C.WORKLOAD_PAUSED,
+                             f"Deployment {namespace}/{target.name} is paused; resume it first "
+                             f"(kubectl rollout resume deployment/{target.name}), as kubectl requires")
+    if not kube.can_i(namespace, "patch", kind.resource):
+        raise PreflightError(C.FORBIDDEN, f"the operator may not patch {kind.resource.plural} in "
+                                          f"{namespace}; grant it the rewind-operator role there")
+    history = [h for h in kube.list(kind.history, namespace) if is_controlled_by(h, current)]
+    by_revision: dict[int, dict] = {}
+    for h in history:
+        rev = history_revision(kind.name, h)
+        if rev is not None:
+            by_revision[rev] = h
+    if not by_revision:
+        raise PreflightError(C.REVISION_NOT_FOUND,
+                             f"{kind.name} {namespace}/{target.name} has no rollout history")
+    wanted = choose_revision(list(by_revision), target.to_revision)
+    history_obj = by_revision[wanted]
+    template = template_of_history(kind.name, history_obj)
+    current_template = current["spec"]["template"]
+    same = template == current_template
+    step = PlanStep(
+        name=workload_step_name(kind.name, target.name),
+        kind=StepKind.WORKLOAD_REVISION,
+        target=TargetRef(kind=kind.name, name=target.name),
+        action=StepAction.NO_OP if same else StepAction.RESTORE,
+        current_revision=max(by_revision),
+        to_revision=wanted,
+        observed_generation=current["metadata"].get("generation"),
+        template_hash=template_hash(template),
+        diff=None if same else template_diff(current_template, template, f"{kind.name}/{target.name}"),
+    )
+    return Resolved(step, history_obj, current)
+
+
+class ApplyError(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def written_by_us(obj: dict, step: PlanStep, rollback_uid: str) -> bool:
+    marker = (obj["metadata"].get("annotations") or {}).get(RESTORED_BY_ANNOTATION)
+    return marker == rollback_uid and template_hash(obj["spec"]["template"]) == step.template_hash
+
+
+def apply(kube: Kube, namespace: str, step: PlanStep, rollback_uid: str) -> str:
+    """Writes the restored template once. Returns how: "patched", or "adopted" when our earlier
+    write is already there (after a crash). Raises ApplyError when it must not or cannot write.
+
+    The spec must be as it was at planning (same metadata.generation: status updates by the
+    controller do not count), and the write itself is guarded by the resourceVersion just read."""
+    kind = KINDS[step.target.kind]
+    for _ in range(5):
+        current = _get_for_apply(kube, kind, namespace, step)
+        if written_by_us(current, step, rollback_uid):
+            return "adopted"
+        if current["metadata"].get("generation") != step.observed_generation:
+            raise ApplyError(C.CONFLICT, _changed_message(kind.name, namespace, step, current))
+        history = [h for h in kube.list(kind.history, namespace)
+                   if is_controlled_by(h, current) and history_revision(kind.name, h) == step.to_revision]
+        if not history:
+            raise ApplyError(C.REVISION_NOT_FOUND, f"revision {step.to_revision} of {kind.name} "
+                                                   f"{namespace}/{step.target.name} disappeared after planning")
+        template = template_of_history(kind.name, history[0])
+        if template_hash(template) != step.template_hash:
+            raise ApplyError(C.CONFLICT, f"revision {step.to_revision} of {kind.name} "
+                                         f"{namespace}/{step.target.name} changed after planning; "
+                                         "nothing was written")
+        body, content_type = build_patch(kind.name, history[0], current, template, rollback_uid)
+        try:
+            kube.patch(kind.resource, namespace, step.target.name, body, content_type)
+            return "patched"
+        except KubeError as e:
+            if e.conflict or e.status == 422 and "test" in e.message.lower():
+                continue  # the object changed between our read and our write: read again
+            if e.forbidden:
+                raise ApplyError(C.FORBIDDEN, f"the operator may not patch {kind.name} "
+                                              f"{namespace}/{step.target.name}: {e.message}") from None
+            if e.not_found:
+                raise ApplyError(C.TARGET_NOT_FOUND, f"{kind.name} {namespace}/{step.target.name} "
+                                                     "was deleted after planning") from None
+            raise
+    raise ApplyError(C.CONFLICT, f"{kind.name} {namespace}/{step.target.name} kept changing while "
+                                 "Rewind tried to write it; nothing was written")
+
+
+def _get_for_apply(kube: Kube, kind: Kind, namespace: str, step: PlanStep) -> dict:
+    try:
+        return kube.get(kind.resource, namespace, step.target.name)
+    except KubeError as e:
+        if e.not_found:
+            raise ApplyError(C.TARGET_NOT_FOUND, f"{kind.name} {namespace}/{step.target.name} "
+                                                 "was deleted after planning") from None
+        raise
+
+
+def _changed_message(kind: str, namespace: str, step: PlanStep, current: dict) -> str:
+    return (f"{kind} {namespace}/{step.target.name} changed after planning (generation "
+            f"{step.observed_generation} -> {current['metadata'].get('generation')}) and nothing "
+            "was written; check who changed it, then create a new Rollback")
+
+
+def check_rollout(kube: Kube, namespace: str, step: PlanStep, rollback_uid: str) -> tuple[RolloutState, int | None]:
+    """The rollout's state, and the revision number the controller gave the restored template."""
+    kind = KINDS[step.target.kind]
+    obj = kube.get(kind.resource, namespace, step.target.name)
+    if template_hash(obj["spec"]["template"]) != step.template_hash:
+        return RolloutState(False, True, f"{kind.name} {namespace}/{step.target.name} no longer has "
+                                         "the restored template: someone changed it during the "
+                                         "rollout"), None
+    state = rollout_state(kind.name, obj)
+    revision = None
+    if state.done:
+        if kind.name == "Deployment":
+            rev = (obj["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION)
+            revision = int(rev) if rev and rev.isdigit() else None
+        else:
+            update = obj.get("status", {}).get("updateRevision")
+            for h in kube.list(kind.history, namespace):
+                if h["metadata"]["name"] == update:
+                    revision = h.get("revision")
+    return state, revision

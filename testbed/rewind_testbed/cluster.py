@@ -26,6 +26,7 @@ from rewind_testbed.procs import Proc, free_port, wait_until
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE.parent / "build.sh"
 KWOK_STAGES = HERE / "kwok-stages.yaml"
+AUDIT_POLICY = HERE / "audit-policy.yaml"
 NODE_COUNT = 2
 
 
@@ -72,6 +73,11 @@ class ControlPlane:
     @property
     def log_dir(self) -> Path:
         return self.run_dir / "logs"
+
+    @property
+    def audit_log(self) -> Path:
+        """JSON lines, one per mutating request (see audit-policy.yaml)."""
+        return self.log_dir / "audit.jsonl"
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
                 timeout: float = 120) -> subprocess.CompletedProcess:
@@ -139,6 +145,8 @@ class ControlPlane:
             "--max-requests-inflight=0", "--max-mutating-requests-inflight=0",
             "--enable-priority-and-fairness=false",
             "--profiling=false",
+            f"--audit-policy-file={AUDIT_POLICY}", f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json", "--audit-log-mode=blocking",
         )
         _write_kubeconfig(self.kubeconfig, self.server, pki)
         with self._client() as client:

@@ -30,13 +30,18 @@ class Cluster:
     kubeconfig: Path
     kubectl_bin: str
     log_dir: Path | None = None
+    audit_log: Path | None = None
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
                 timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        out = subprocess.run(
             [self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *args],
-            check=check, capture_output=True, text=True, input=input, timeout=timeout,
+            capture_output=True, text=True, input=input, timeout=timeout,
         )
+        if check and out.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({out.returncode}): "
+                                 f"{out.stderr.strip()}")
+        return out
 
 
 def _external() -> bool:
@@ -63,7 +68,7 @@ def cluster(bed_dir: Path) -> Cluster:
     cp = ControlPlane.start(bed_dir / "cluster")
     print(f"\ntest control plane up in {cp.started_in:.1f}s; logs in {cp.log_dir}")
     try:
-        yield Cluster(cp.kubeconfig, str(cp.bin_dir / "kubectl"), cp.log_dir)
+        yield Cluster(cp.kubeconfig, str(cp.bin_dir / "kubectl"), cp.log_dir, cp.audit_log)
     finally:
         cp.stop()
 

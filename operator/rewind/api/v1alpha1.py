@@ -95,7 +95,7 @@ class RollbackSpec(_Model):
     requested_by: str | None = Field(None, max_length=256, description="Who asked for it (declared).")
     dry_run: bool = Field(False, description="Plan and preflight only: record the diffs, change nothing.")
     application: list[WorkloadTarget] | None = Field(
-        None, min_length=1, max_length=32,
+        None, min_length=1, max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map",
                            "x-kubernetes-list-map-keys": ["kind", "name"]},
         description="Workloads to restore to an earlier revision, in this order.")

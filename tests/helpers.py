@@ -1,0 +1,134 @@
+"""Helpers shared by the operator tests: waiting, workloads with real revision history, Rollbacks
+applied the way a person applies them (kubectl apply), and the API server's audit log."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+from kubernetes import client
+
+GROUP, VERSION, PLURAL = "rewind.dev", "v1alpha1", "rollbacks"
+
+
+def wait_for(what, check, timeout=90.0, interval=0.25):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def deployment(name: str, image: str, replicas: int = 2, **spec) -> dict:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels},
+                              "spec": {"containers": [{"name": "app", "image": image}]}},
+                 **spec},
+    }
+
+
+def rolled_out(apps, namespace: str, name: str):
+    d = apps.read_namespaced_deployment(name, namespace)
+    s = d.status
+    ok = ((s.observed_generation or 0) >= d.metadata.generation
+          and (s.updated_replicas or 0) == d.spec.replicas
+          and (s.available_replicas or 0) == d.spec.replicas
+          and (s.replicas or 0) == d.spec.replicas)
+    return d if ok else None
+
+
+def set_image(apps, namespace: str, name: str, image: str) -> None:
+    apps.patch_namespaced_deployment(name, namespace, {"spec": {"template": {"spec": {
+        "containers": [{"name": "app", "image": image}]}}}})
+
+
+def deploy_revisions(apps, namespace: str, name: str, images: list[str], **spec) -> dict:
+    """Creates a Deployment and rolls it through `images`, one real revision each; returns the
+    ReplicaSets by revision number."""
+    apps.create_namespaced_deployment(namespace, deployment(name, images[0], **spec))
+    wait_for(f"{name} revision 1", lambda: rolled_out(apps, namespace, name))
+    for i, image in enumerate(images[1:], start=2):
+        set_image(apps, namespace, name, image)
+        wait_for(f"{name} revision {i}", lambda: (lambda d: d and d.metadata.annotations.get(
+            "deployment.kubernetes.io/revision") == str(i) and d)(rolled_out(apps, namespace, name)))
+    return replica_sets(apps, namespace, name)
+
+
+def replica_sets(apps, namespace: str, name: str) -> dict[int, dict]:
+    rs = apps.list_namespaced_replica_set(namespace, label_selector=f"app={name}").items
+    return {int(r.metadata.annotations["deployment.kubernetes.io/revision"]):
+            client.ApiClient().sanitize_for_serialization(r) for r in rs}
+
+
+def template_of(rs: dict) -> dict:
+    t = json.loads(json.dumps(rs["spec"]["template"]))
+    t["metadata"]["labels"].pop("pod-template-hash", None)
+    return t
+
+
+def deployment_dict(apps, namespace: str, name: str) -> dict:
+    return client.ApiClient().sanitize_for_serialization(apps.read_namespaced_deployment(name, namespace))
+
+
+def rollback(name: str, application: list[dict], severity: str = "High",
+             reason: str = "bad release", **spec) -> dict:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Rollback",
+            "metadata": {"name": name},
+            "spec": {"severity": severity, "reason": reason, "application": application, **spec}}
+
+
+def kubectl_apply(cluster, namespace: str, obj: dict, check: bool = True):
+    return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj), check=check)
+
+
+def get_rollback(api_client, namespace: str, name: str) -> dict:
+    return client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name)
+
+
+def condition(rb: dict, type_: str) -> dict | None:
+    for c in rb.get("status", {}).get("conditions", []):
+        if c["type"] == type_:
+            return c
+    return None
+
+
+def wait_phase(api_client, namespace: str, name: str, phases: set[str], timeout=120.0) -> dict:
+    return wait_for(f"Rollback {name} in {phases}", lambda: (lambda rb: rb if rb.get(
+        "status", {}).get("phase") in phases else None)(get_rollback(api_client, namespace, name)),
+        timeout=timeout)
+
+
+def events_for(api_client, namespace: str, name: str) -> list:
+    evs = client.CoreV1Api(api_client).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=Rollback").items
+    return sorted(evs, key=lambda e: int(e.metadata.resource_version))
+
+
+def audit_writes(cluster, namespace: str, resource: str, name: str | None = None,
+                 user_agent_prefix: str = "rewind/") -> list[dict] | None:
+    """Mutating requests the operator made on `resource` in `namespace`, from the API server's
+    audit log; None when the cluster has no audit log we can read (an external cluster)."""
+    path: Path | None = getattr(cluster, "audit_log", None)
+    if not path or not path.exists():
+        return None
+    out = []
+    for line in path.read_text().splitlines():
+        ev = json.loads(line)
+        ref = ev.get("objectRef") or {}
+        if (ev.get("verb") in ("create", "update", "patch", "delete")
+                and ref.get("namespace") == namespace and ref.get("resource") == resource
+                and (name is None or ref.get("name") == name)
+                and not ref.get("subresource")
+                and (ev.get("userAgent") or "").startswith(user_agent_prefix)):
+            out.append(ev)
+    return out

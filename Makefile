@@ -13,6 +13,9 @@ test: bootstrap  ## all tests, against the local control plane and PostgreSQL
 unit: bootstrap  ## tests that need no cluster and no database
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+demo: bootstrap  ## the end-to-end demo: the booking app rolled back on the local control plane
+	$(PY) examples/booking/demo.py
+
 cluster: bootstrap  ## start the local control plane in the foreground; prints how to use kubectl
 	.venv/bin/rewind-testbed up
 

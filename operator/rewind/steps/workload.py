@@ -404,8 +404,8 @@ def check_rollout(kube: Kube, namespace: str, step: PlanStep, rollback_uid: str)
             rev = (obj["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION)
             revision = int(rev) if rev and rev.isdigit() else None
         else:
-            update = obj.get("status", {}).get("updateRevision")
-            for h in kube.list(kind.history, namespace):
-                if h["metadata"]["name"] == update:
-                    revision = h.get("revision")
+            # The controller gives the restored ControllerRevision the next number.
+            owned = [history_revision(kind.name, h) for h in kube.list(kind.history, namespace)
+                     if is_controlled_by(h, obj)]
+            revision = max((r for r in owned if r is not None), default=None)
     return state, revision

@@ -14,6 +14,9 @@ pytest_plugins = ["rewind_testbed.pytest_plugin"]
 
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "crds" / "rollbacks.rewind.dev.yaml"
+RBAC = REPO / "manifests" / "rbac.yaml"
+OPERATOR_NS = "rewind-test-system"
+OPERATOR_SA = "rewind-operator"
 
 
 @pytest.fixture(scope="session")
@@ -27,11 +30,51 @@ def rollback_crd(cluster):
     return CRD
 
 
+@pytest.fixture(scope="session")
+def operator_role(cluster, api_client):
+    """The shipped ClusterRole (manifests/rbac.yaml) and a ServiceAccount for the operator. The
+    tests bind it per namespace, so the operator can reach nothing outside the test's namespace."""
+    import yaml
+
+    role = next(d for d in yaml.safe_load_all(RBAC.read_text()) if d["kind"] == "ClusterRole")
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(role))
+    cluster.kubectl("create", "namespace", OPERATOR_NS, check=False)
+    cluster.kubectl("create", "serviceaccount", OPERATOR_SA, "-n", OPERATOR_NS, check=False)
+    return role["metadata"]["name"]
+
+
+def _operator_kubeconfig(cluster, api_client, namespace: str, role: str, path: Path) -> Path:
+    """A kubeconfig with a real ServiceAccount token; the role bound in `namespace` only."""
+    import yaml
+    from kubernetes import client
+
+    client.RbacAuthorizationV1Api(api_client).create_namespaced_role_binding(namespace, {
+        "metadata": {"name": "rewind-operator"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NS}]})
+    token = client.CoreV1Api(api_client).create_namespaced_service_account_token(
+        OPERATOR_SA, OPERATOR_NS, {"spec": {"expirationSeconds": 3600}}).status.token
+    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    ctx_name = admin["current-context"]
+    ctx = next(c["context"] for c in admin["contexts"] if c["name"] == ctx_name)
+    cl = next(c for c in admin["clusters"] if c["name"] == ctx["cluster"])
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [cl],
+        "users": [{"name": "rewind-operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": cl["name"], "user": "rewind-operator",
+                                                      "namespace": namespace}}],
+        "current-context": "operator",
+    }))
+    path.chmod(0o600)
+    return path
+
+
 class Operator:
     """`rewind run` as a separate process, so a test can SIGKILL it and start it again."""
 
-    def __init__(self, cluster, namespace: str, log: Path):
-        self.cluster, self.namespace, self.log = cluster, namespace, log
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path):
+        self.kubeconfig, self.namespace, self.log = kubeconfig, namespace, log
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -43,7 +86,7 @@ class Operator:
         env = {**os.environ, "REWIND_WATCH_INACTIVITY_TIMEOUT": "30"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "rewind.cli", "run", "--namespace", self.namespace,
-             "--kubeconfig", str(self.cluster.kubeconfig), "--verbose"],
+             "--kubeconfig", str(self.kubeconfig), "--verbose"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         out.close()
         return self
@@ -68,8 +111,11 @@ class Operator:
 
 
 @pytest.fixture
-def operator(cluster, namespace, rollback_crd, tmp_path):
-    op = Operator(cluster, namespace, tmp_path / "operator.log").start()
+def operator(cluster, api_client, namespace, rollback_crd, operator_role, tmp_path):
+    """`rewind run` for the test's namespace, as a ServiceAccount with the shipped role."""
+    kubeconfig = _operator_kubeconfig(cluster, api_client, namespace, operator_role,
+                                      tmp_path / "operator.kubeconfig")
+    op = Operator(kubeconfig, namespace, tmp_path / "operator.log").start()
     print(f"operator log: {op.log}")
     yield op
     op.stop()

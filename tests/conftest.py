@@ -36,11 +36,15 @@ def operator_role(cluster, api_client):
     tests bind it per namespace, so the operator can reach nothing outside the test's namespace."""
     import yaml
 
-    role = next(d for d in yaml.safe_load_all(RBAC.read_text()) if d["kind"] == "ClusterRole")
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(role))
+    docs = list(yaml.safe_load_all(RBAC.read_text()))
+    roles = [d for d in docs if d["kind"] == "ClusterRole"]
+    discovery = next(d for d in docs if d["kind"] == "ClusterRoleBinding"
+                     and d["metadata"]["name"] == "rewind-operator-discovery")
+    discovery["subjects"] = [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NS}]
     cluster.kubectl("create", "namespace", OPERATOR_NS, check=False)
     cluster.kubectl("create", "serviceaccount", OPERATOR_SA, "-n", OPERATOR_NS, check=False)
-    return role["metadata"]["name"]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([*roles, discovery]))
+    return "rewind-operator"
 
 
 def _operator_kubeconfig(cluster, api_client, namespace: str, role: str, path: Path) -> Path:

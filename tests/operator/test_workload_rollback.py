@@ -127,8 +127,8 @@ def test_rollout_that_never_becomes_available_fails_with_reason(cluster, api_cli
                  "template": {"metadata": {"labels": {"app": "web"},
                                            "annotations": {"testbed.rewind.dev/never-ready": "true"}},
                               "spec": {"containers": [{"name": "app", "image": IMAGES[0]}]}}}})
-    wait_for("revision 1 exists", lambda: apps.read_namespaced_deployment("web", namespace)
-             .metadata.annotations.get("deployment.kubernetes.io/revision") == "1")
+    wait_for("revision 1 exists", lambda: (apps.read_namespaced_deployment("web", namespace)
+             .metadata.annotations or {}).get("deployment.kubernetes.io/revision") == "1")
     apps.patch_namespaced_deployment("web", namespace, {"spec": {"template": {"metadata": {
         "annotations": {"testbed.rewind.dev/never-ready": None}}, "spec": {
         "containers": [{"name": "app", "image": IMAGES[1]}]}}}})
@@ -152,7 +152,7 @@ def test_rollout_that_never_becomes_available_fails_with_reason(cluster, api_cli
 
 def test_operator_killed_while_waiting_resumes_and_patches_once(cluster, api_client, apps, namespace,
                                                                 operator):
-    rs = deploy_revisions(apps, namespace, "web", IMAGES, minReadySeconds=6)
+    rs = deploy_revisions(apps, namespace, "web", IMAGES, minReadySeconds=3)
     kubectl_apply(cluster, namespace, rollback("crash", [{"name": "web"}]))
     wait_for("the ledger shows the rollout being waited for", lambda: (lambda st: st.get("steps") and
              st["steps"][0]["state"] == "Waiting")(get_rollback(api_client, namespace, "crash").get("status", {})),

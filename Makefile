@@ -22,5 +22,6 @@ cluster: bootstrap  ## start the local control plane in the foreground; prints h
 clean:
 	rm -rf .venv .pytest_cache
 
-crd: bootstrap  ## render crds/ from the pydantic models
+crd: bootstrap  ## render crds/ from the pydantic models, and copy it (and the RBAC rules) into the chart
 	.venv/bin/rewind crd --write
+	$(PY) scripts/sync_chart.py

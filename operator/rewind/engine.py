@@ -11,71 +11,14 @@ from __future__ import annotations
 
 import datetime
 import logging
-from dataclasses import dataclass, field
-from typing import Callable
 
 from rewind import plan as planning
-from rewind.adapters.kube import Kube
 from rewind.api import conditions as C
-from rewind.api.v1alpha1 import (
-    TERMINAL_PHASES, Condition, Phase, PlanStep, Rollback, StepAction, StepRecord, StepState,
-)
+from rewind.api.v1alpha1 import TERMINAL_PHASES, Phase, PlanStep, StepAction, StepRecord, StepState
+from rewind.context import Context, StepFailed, utcnow  # noqa: F401 - re-exported for handlers
 from rewind.steps import workload
 
 log = logging.getLogger(__name__)
-
-ROLLOUT_POLL_SECONDS = 1.0
-
-
-def utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-
-
-@dataclass
-class Context:
-    kube: Kube
-    obj: dict
-    save_status: Callable[[dict], dict]              # writes status; returns the new object
-    emit: Callable[[str, str, str], None]            # (type, reason, message) -> Event
-    clock: Callable[[], datetime.datetime] = utcnow
-    rollback: Rollback = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.rollback = Rollback.model_validate(self.obj)
-
-    @property
-    def namespace(self) -> str:
-        return self.obj["metadata"]["namespace"]
-
-    @property
-    def name(self) -> str:
-        return self.obj["metadata"]["name"]
-
-    @property
-    def uid(self) -> str:
-        return self.obj["metadata"]["uid"]
-
-    @property
-    def generation(self) -> int:
-        return self.obj["metadata"].get("generation", 1)
-
-    @property
-    def status(self):
-        return self.rollback.status
-
-    def condition(self, type_: str, status: str, reason: str, message: str) -> None:
-        current = [c.dump() for c in self.status.conditions]
-        updated = C.set_condition(current, type_, status, reason, message, self.generation,
-                                  at=self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"))
-        self.status.conditions = [Condition.model_validate(c) for c in updated]
-
-    def drop_condition(self, type_: str) -> None:
-        self.status.conditions = [c for c in self.status.conditions if c.type != type_]
-
-    def save(self) -> None:
-        self.status.observed_generation = self.generation
-        self.obj = self.save_status(self.status.dump())
-
 
 def advance(ctx: Context) -> float | None:
     """Moves the rollback on; returns seconds until it should be called again, or None when it
@@ -142,6 +85,11 @@ def _describe(step: PlanStep) -> str:
 # --- execution -------------------------------------------------------------------------------
 
 
+STEP_KINDS = {
+    "WorkloadRevision": workload,
+}
+
+
 def _execute(ctx: Context) -> float | None:
     _check_deadline(ctx)
     while True:
@@ -150,61 +98,15 @@ def _execute(ctx: Context) -> float | None:
             return _succeed(ctx)
         step, rec = ctx.status.plan[i], ctx.status.steps[i]
         ctx.status.progress = planning.progress(ctx.status.steps)
-        what = f"{step.target.kind} {step.target.name}"
-
-        if rec.state == StepState.PENDING.value:
-            if step.action == StepAction.NO_OP.value:
-                rec.state = StepState.SKIPPED.value
-                rec.finished_at = ctx.clock()
-                rec.message = f"{what} already runs revision {step.to_revision}'s template; nothing to change."
-                ctx.save()
-                ctx.emit("Normal", C.ALREADY_AT_REVISION, rec.message)
-                continue
-            rec.state = StepState.RUNNING.value
-            rec.attempts += 1
-            rec.started_at = rec.started_at or ctx.clock()
-            rec.message = f"Restoring {what} to revision {step.to_revision}'s template."
-            ctx.condition(C.APPLICATION_RESTORED, "False", C.EXECUTING, rec.message)
-            ctx.save()   # intent, before the write
-
-        if rec.state == StepState.RUNNING.value:
-            try:
-                how = workload.apply(ctx.kube, ctx.namespace, step, ctx.uid)
-            except workload.ApplyError as e:
-                return _fail_step(ctx, rec, e.reason, e.message)
-            rec.state = StepState.WAITING.value
-            rec.message = (f"{what} {'was already' if how == 'adopted' else ''} patched to revision "
-                           f"{step.to_revision}'s template; waiting for the rollout.").replace("  ", " ")
-            ctx.condition(C.APPLICATION_RESTORED, "False", C.ROLLOUT_IN_PROGRESS, rec.message)
-            ctx.save()
-            ctx.emit("Normal", "Restoring", rec.message)
-
-        if rec.state == StepState.WAITING.value:
-            state, revision = workload.check_rollout(ctx.kube, ctx.namespace, step, ctx.uid)
-            if state.failed:
-                return _fail_step(ctx, rec, C.ROLLOUT_FAILED, state.message)
-            if not state.done:
-                limit = rec.started_at + datetime.timedelta(
-                    seconds=workload.DEFAULT_PROGRESS_DEADLINE_SECONDS)
-                if step.target.kind != "Deployment" and ctx.clock() > limit:
-                    return _fail_step(ctx, rec, C.ROLLOUT_FAILED,
-                                      f"{what} did not finish rolling out within "
-                                      f"{workload.DEFAULT_PROGRESS_DEADLINE_SECONDS}s: {state.message}")
-                if rec.message != state.message:
-                    rec.message = state.message
-                    ctx.save()
-                return ROLLOUT_POLL_SECONDS
-            rec.state = StepState.SUCCEEDED.value
-            rec.finished_at = ctx.clock()
-            rec.restored_revision = revision
-            rec.message = (f"{what} runs revision {step.to_revision}'s template again"
-                           f"{f' (as revision {revision})' if revision else ''}; {state.message}.")
-            ctx.save()
-            ctx.emit("Normal", C.ROLLED_BACK, rec.message)
-            continue
-
-        # A step already Failed/Interrupted while the phase is not terminal: finish the failure.
-        return _terminal(ctx, Phase.FAILED, C.INTERRUPTED, rec.message or "A step failed.")
+        if rec.state in (StepState.FAILED.value, StepState.INTERRUPTED.value):
+            # Recorded as failed but the phase is not terminal yet (a crash in between).
+            return _terminal(ctx, Phase.FAILED, C.INTERRUPTED, rec.message or "A step failed.")
+        try:
+            delay = STEP_KINDS[step.kind].advance(ctx, step, rec)
+        except StepFailed as e:
+            return _fail_step(ctx, rec, e.reason, e.message)
+        if delay is not None:
+            return delay
 
 
 def _check_deadline(ctx: Context) -> None:

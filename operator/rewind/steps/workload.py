@@ -16,6 +16,7 @@ has none and can race a concurrent writer), a field manager, and the annotation
 from __future__ import annotations
 
 import copy
+import datetime
 import difflib
 import hashlib
 import json
@@ -30,7 +31,10 @@ from rewind.adapters.kube import (
 )
 from rewind.api import conditions as C
 from rewind.plan import workload_step_name
-from rewind.api.v1alpha1 import PREVIOUS, PlanStep, StepAction, StepKind, TargetRef, WorkloadTarget
+from rewind.api.v1alpha1 import (
+    PREVIOUS, PlanStep, StepAction, StepKind, StepRecord, StepState, TargetRef, WorkloadTarget,
+)
+from rewind.context import Context, StepFailed
 
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 RESTORED_BY_ANNOTATION = "rewind.dev/restored-by"
@@ -48,6 +52,7 @@ SKIP_ANNOTATIONS = frozenset({
 
 # How long a StatefulSet/DaemonSet rollout may take; they have no progressDeadlineSeconds.
 DEFAULT_PROGRESS_DEADLINE_SECONDS = 600
+ROLLOUT_POLL_SECONDS = 1.0
 
 MAX_DIFF_CHARS = 8000
 
@@ -409,3 +414,56 @@ def check_rollout(kube: Kube, namespace: str, step: PlanStep, rollback_uid: str)
                      if is_controlled_by(h, obj)]
             revision = max((r for r in owned if r is not None), default=None)
     return state, revision
+
+
+def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+    """Moves this step on: None when it is done (Succeeded or Skipped, saved), else the delay
+    before the next look. Intent is saved before the write; the outcome after it."""
+    what = f"{step.target.kind} {step.target.name}"
+    if rec.state == StepState.PENDING.value:
+        if step.action == StepAction.NO_OP.value:
+            rec.state = StepState.SKIPPED.value
+            rec.finished_at = ctx.clock()
+            rec.message = f"{what} already runs revision {step.to_revision}'s template; nothing to change."
+            ctx.save()
+            ctx.emit("Normal", C.ALREADY_AT_REVISION, rec.message)
+            return None
+        rec.state = StepState.RUNNING.value
+        rec.attempts += 1
+        rec.started_at = rec.started_at or ctx.clock()
+        rec.message = f"Restoring {what} to revision {step.to_revision}'s template."
+        ctx.condition(C.APPLICATION_RESTORED, "False", C.EXECUTING, rec.message)
+        ctx.save()   # intent, before the write
+
+    if rec.state == StepState.RUNNING.value:
+        try:
+            how = apply(ctx.kube, ctx.namespace, step, ctx.uid)
+        except ApplyError as e:
+            raise StepFailed(e.reason, e.message) from None
+        rec.state = StepState.WAITING.value
+        done = "was already patched" if how == "adopted" else "patched"
+        rec.message = f"{what} {done} to revision {step.to_revision}'s template; waiting for the rollout."
+        ctx.condition(C.APPLICATION_RESTORED, "False", C.ROLLOUT_IN_PROGRESS, rec.message)
+        ctx.save()
+        ctx.emit("Normal", "Restoring", rec.message)
+
+    state, revision = check_rollout(ctx.kube, ctx.namespace, step, ctx.uid)
+    if state.failed:
+        raise StepFailed(C.ROLLOUT_FAILED, state.message)
+    if not state.done:
+        limit = rec.started_at + datetime.timedelta(seconds=DEFAULT_PROGRESS_DEADLINE_SECONDS)
+        if step.target.kind != "Deployment" and ctx.clock() > limit:
+            raise StepFailed(C.ROLLOUT_FAILED, f"{what} did not finish rolling out within "
+                                               f"{DEFAULT_PROGRESS_DEADLINE_SECONDS}s: {state.message}")
+        if rec.message != state.message:
+            rec.message = state.message
+            ctx.save()
+        return ROLLOUT_POLL_SECONDS
+    rec.state = StepState.SUCCEEDED.value
+    rec.finished_at = ctx.clock()
+    rec.restored_revision = revision
+    rec.message = (f"{what} runs revision {step.to_revision}'s template again"
+                   f"{f' (as revision {revision})' if revision else ''}; {state.message}.")
+    ctx.save()
+    ctx.emit("Normal", C.ROLLED_BACK, rec.message)
+    return None

@@ -16,7 +16,7 @@ from rewind import plan as planning
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import TERMINAL_PHASES, Phase, PlanStep, StepAction, StepRecord, StepState
 from rewind.context import Context, StepFailed, utcnow  # noqa: F401 - re-exported for handlers
-from rewind.steps import workload
+from rewind.steps import database, workload
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,13 @@ def _plan(ctx: Context) -> float | None:
     ctx.emit("Normal", "Planning", f"{spec.severity} rollback requested: {spec.reason}")
 
     resolved: dict[str, PlanStep] = {}
-    problems: list[workload.PreflightError] = []
+    problems: list[workload.PreflightError | StepFailed] = []
+    database_steps: list[PlanStep] = []
+    if spec.database:
+        try:
+            database_steps = database.resolve(ctx.kube, ctx.obj, spec.database)
+        except StepFailed as e:
+            problems.append(e)
     for target in spec.application or []:
         try:
             r = workload.resolve(ctx.kube, ctx.namespace, target)
@@ -59,7 +65,7 @@ def _plan(ctx: Context) -> float | None:
         ctx.condition(C.PLANNED, "False", reason, message)
         return _terminal(ctx, Phase.FAILED, reason, message)
 
-    steps = planning.order(spec, resolved)
+    steps = planning.order(spec, database_steps, resolved)
     ctx.status.plan = steps
     ctx.status.steps = planning.initial_ledger(steps)
     ctx.status.progress = planning.progress(ctx.status.steps)
@@ -77,6 +83,8 @@ def _plan(ctx: Context) -> float | None:
 
 def _describe(step: PlanStep) -> str:
     what = f"{step.target.kind} {step.target.name}"
+    if step.kind != "WorkloadRevision":
+        return f"{step.name} of {what}"
     if step.action == StepAction.NO_OP.value:
         return f"{what} already runs revision {step.to_revision}'s template"
     return f"{what} from revision {step.current_revision} to revision {step.to_revision}'s template"
@@ -87,6 +95,7 @@ def _describe(step: PlanStep) -> str:
 
 STEP_KINDS = {
     "WorkloadRevision": workload,
+    **{kind: database for kind in database.ADVANCE},
 }
 
 
@@ -129,14 +138,26 @@ def _fail_step(ctx: Context, rec: StepRecord, reason: str, message: str) -> None
 
 
 def _succeed(ctx: Context) -> None:
-    restored = [r for r in ctx.status.steps if r.state == StepState.SUCCEEDED.value]
+    done = [r for r in ctx.status.steps if r.state == StepState.SUCCEEDED.value]
     skipped = [r for r in ctx.status.steps if r.state == StepState.SKIPPED.value]
-    message = (f"Rolled back: {len(restored)} workload(s) restored and rolled out"
-               f"{f', {len(skipped)} already at the wanted revision' if skipped else ''}.")
-    ctx.condition(C.APPLICATION_RESTORED, "True",
-                  C.ROLLED_BACK if restored else C.ALREADY_AT_REVISION, message)
-    ctx.condition(C.VERIFIED, "True", C.WORKLOADS_AVAILABLE,
-                  "Every workload of the plan runs its wanted revision's template and is available.")
+    workloads = [s for s in ctx.status.plan if s.kind == "WorkloadRevision"]
+    parts = []
+    if ctx.status.database and ctx.status.database.pre_rollback_database:
+        parts.append(f"database {ctx.status.database.live_database} restored (the previous one "
+                     f"kept as {ctx.status.database.pre_rollback_database})")
+    if workloads:
+        restored = [r for r in done if r.name.startswith(("deployment/", "statefulset/", "daemonset/"))]
+        parts.append(f"{len(restored)} workload(s) restored and rolled out"
+                     f"{f', {len(skipped)} already at the wanted revision' if skipped else ''}")
+        ctx.condition(C.APPLICATION_RESTORED, "True", C.ROLLED_BACK if restored else C.ALREADY_AT_REVISION,
+                      f"Every workload runs its wanted revision: {parts[-1]}.")
+    message = "Rolled back: " + "; ".join(parts) + "."
+    checks = ctx.status.verification
+    if all(v.outcome == "Passed" for v in checks):
+        verified = (["every workload runs its wanted revision's template and is available"] if workloads else []) \
+            + ([f"{len(checks)} check(s) passed"] if checks else [])
+        ctx.condition(C.VERIFIED, "True", C.WORKLOADS_AVAILABLE if not checks else C.CHECKS_PASSED,
+                      "Verified: " + "; ".join(verified) + ".")
     return _terminal(ctx, Phase.SUCCEEDED, C.SUCCEEDED, message, ready=True)
 
 

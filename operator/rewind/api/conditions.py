@@ -33,6 +33,10 @@ APPLICATION_RESTORED = "ApplicationRestored"
 """Domain condition for workloads: True when every Deployment/StatefulSet/DaemonSet of the plan is
 at its wanted revision and rolled out; False while a rollout runs or when one failed."""
 
+DATABASE_RESTORED = "DatabaseRestored"
+"""Domain condition for the database: True once the restored database was swapped in under the
+live name (the old one kept aside); False while the database steps run or when one failed."""
+
 VERIFIED = "Verified"
 """True when the rollback's result was verified (for workloads: each runs the wanted revision's
 template and is available); False when a verification failed."""
@@ -64,6 +68,8 @@ ROLLED_BACK = "RolledBack"
 """The workload runs the wanted revision's template and the rollout completed."""
 WORKLOADS_AVAILABLE = "WorkloadsAvailable"
 """Every workload of the plan runs its wanted revision's template and is available."""
+CHECKS_PASSED = "ChecksPassed"
+"""Every verification check recorded in status.verification passed."""
 DEADLINE_MET = "DeadlineMet"
 """The rollback completed before the severity's deadline."""
 DEADLINE_MISSED = "DeadlineMissed"

@@ -81,12 +81,71 @@ class WorkloadTarget(_Model):
     to_revision: RevisionRef = PREVIOUS
 
 
+SQL_IDENTIFIER = r"^[a-z_][a-z0-9_]{0,62}$"
+TABLE_NAME = r"^([a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_]{0,62}$"
+RELATIVE_PATH = r"^[A-Za-z0-9_][-A-Za-z0-9_.]*(/[A-Za-z0-9_][-A-Za-z0-9_.]*)*$"
+
+
+class SecretKeyRef(_Model):
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
+class DatabaseConnection(_Model):
+    """Where the live database is: a Secret key holding a postgresql:// URL, never a literal."""
+
+    secret_ref: SecretKeyRef = Field(description="Secret key with a postgresql://user:pass@host:port/db URL.")
+
+
+class PvcPath(_Model):
+    claim_name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    path: str = Field(min_length=1, max_length=1024, pattern=RELATIVE_PATH,
+                      description="Path inside the volume; relative, no `..`.",
+                      json_schema_extra={"x-kubernetes-validations": [_cel(
+                          "!self.split('/').exists(p, p == '..')", "path must not contain '..'")]})
+
+
+class BackupSource(_Model):
+    persistent_volume_claim: PvcPath = Field(description="A pg_dump custom-format file on a PVC.")
+
+
+class DatabaseVerify(_Model):
+    tables: list[Annotated[str, Field(pattern=TABLE_NAME, max_length=127)]] = Field(
+        min_length=1, max_length=64,
+        description="Tables that must exist in the restored database; their rows are counted.")
+    min_rows: int = Field(0, ge=0, description="Each listed table must have at least this many rows.")
+
+
+class DatabaseSpec(_Model):
+    """Restore the live PostgreSQL database from a backup, out of place, with a way back."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("self.preRollbackBackup || has(self.waiveBackupReason)",
+             "preRollbackBackup may only be false with a waiveBackupReason"),
+    ]})
+
+    connection: DatabaseConnection
+    restore_from: BackupSource
+    pre_rollback_backup: bool = Field(True, description="Dump the live database first (default).")
+    waive_backup_reason: str | None = Field(None, min_length=1, max_length=512)
+    backup_to: PvcPath | None = Field(
+        None, description="Where the pre-rollback dump goes; default: the restoreFrom claim, "
+                          "under rewind/<namespace>/<rollback>-<uid8>/pre-rollback.dump.")
+    verify: DatabaseVerify | None = None
+    image: str = Field("postgres:16", min_length=1, max_length=512,
+                       description="PostgreSQL client image for the backup and restore Jobs.")
+    terminate_connections: bool = Field(
+        True, description="End the live database's sessions before the swap (else fail if any remain).")
+    job_deadline_seconds: int = Field(1800, ge=60, le=86400,
+                                      description="activeDeadlineSeconds of each database Job.")
+
+
 class RollbackSpec(_Model):
     """What to roll back, why, and how urgently."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        _cel("has(self.application)",
-             "spec must name at least one target: spec.application lists the workloads to roll back"),
+        _cel("has(self.application) || has(self.database)",
+             "spec must name at least one target: spec.application (workloads) or spec.database"),
     ]})
 
     severity: Severity = Field(description="Critical, High, Medium or Low; sets the deadline.")
@@ -99,6 +158,7 @@ class RollbackSpec(_Model):
         json_schema_extra={"x-kubernetes-list-type": "map",
                            "x-kubernetes-list-map-keys": ["kind", "name"]},
         description="Workloads to restore to an earlier revision, in this order.")
+    database: DatabaseSpec | None = None
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -130,6 +190,11 @@ class Condition(_Model):
 
 class StepKind(str, Enum):
     WORKLOAD_REVISION = "WorkloadRevision"
+    DATABASE_CHECK = "DatabaseCheck"
+    DATABASE_BACKUP = "DatabaseBackup"
+    DATABASE_RESTORE = "DatabaseRestore"
+    DATABASE_VERIFY = "DatabaseVerify"
+    DATABASE_SWAP = "DatabaseSwap"
 
 
 class StepAction(str, Enum):
@@ -155,6 +220,7 @@ class PlanStep(_Model):
         None, description="The workload's metadata.generation at planning; the write needs it unchanged.")
     template_hash: str | None = Field(None, description="Hash of the pod template to restore.")
     diff: str | None = Field(None, description="Unified diff of the pod template change.")
+    job_name: str | None = Field(None, description="The Job a database step runs (derived from the UID).")
 
 
 class StepState(str, Enum):
@@ -179,6 +245,34 @@ class StepRecord(_Model):
     restored_revision: int | None = Field(None, description="Revision number the controller gave the restored template.")
 
 
+class VerificationOutcome(str, Enum):
+    PASSED = "Passed"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+
+
+class VerificationResult(_Model):
+    name: str
+    kind: str
+    outcome: VerificationOutcome
+    detail: str | None = None
+    checked_at: datetime.datetime | None = None
+
+
+class DatabaseStatus(_Model):
+    """What the database steps found and made; names only, never credentials."""
+
+    live_database: str | None = None
+    staging_database: str | None = None
+    pre_rollback_database: str | None = Field(None, description="The old live database, kept aside.")
+    backup_source: str | None = None
+    backup_source_sha256: str | None = None
+    pre_rollback_backup: str | None = Field(None, description="claim:path of the pre-rollback dump.")
+    pre_rollback_backup_sha256: str | None = None
+    pre_rollback_backup_bytes: int | None = None
+    swapped_at: datetime.datetime | None = None
+
+
 class RollbackStatus(_Model):
     observed_generation: int | None = None
     phase: Phase | None = None
@@ -193,6 +287,8 @@ class RollbackStatus(_Model):
     completed_at: datetime.datetime | None = None
     within_target: bool | None = None
     duration: str | None = Field(None, description="From start to completion, e.g. 1m12s.")
+    verification: list[VerificationResult] = Field(default_factory=list)
+    database: DatabaseStatus | None = None
 
 
 class Rollback(BaseModel):

@@ -1,0 +1,423 @@
+"""Database rollback, out of place, never losing data:
+
+1. check   (Job, read-only): the backup file exists, is not empty, is a pg_dump archive of the
+           live database; its SHA-256 is recorded.
+2. backup  (Job): `pg_dump -Fc` of the live database next to the backups, checked and hashed,
+           before anything changes. Waived only with a reason in the spec.
+3. restore (Job): into a staging database named from the Rollback's UID, created by the operator
+           (CREATE DATABASE can succeed only once), with `pg_restore --single-transaction`.
+4. verify  (operator): the listed tables exist in staging, with enough rows.
+5. swap    (operator): connections to the live database ended per policy, then one transaction
+           renames live -> <db>_pre_<uid8> and staging -> live, and marks the ledger. The old
+           database is kept. The operator never drops a database.
+
+The restore ledger lives in the server's `postgres` database (schema `rewind`), keyed by the
+Rollback UID and step; it fences the restore and the swap, so that a restarted operator knows
+exactly what happened, or stops as Interrupted when it cannot know.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Callable
+
+from rewind.adapters import db
+from rewind.adapters.kube import Kube, KubeError, Resource
+from rewind.api import conditions as C
+from rewind.api.v1alpha1 import (
+    DatabaseSpec, DatabaseStatus, PlanStep, StepAction, StepKind, StepRecord, StepState, TargetRef,
+    VerificationResult,
+)
+from rewind.context import Context, StepFailed
+from rewind.steps import jobs
+
+SECRETS = Resource("", "v1", "secrets")
+MAINTENANCE_DB = "postgres"
+JOB_POLL_SECONDS = 1.0
+
+CHECK_SCRIPT = r"""set -eu
+fail() { printf '%s' "$2" > /dev/termination-log; exit "$1"; }
+[ -e "$DUMP_PATH" ] || fail 10 "backup file not found: $DUMP_REF"
+[ -s "$DUMP_PATH" ] || fail 11 "backup file is empty (0 bytes): $DUMP_REF"
+pg_restore --list "$DUMP_PATH" > /tmp/toc 2> /tmp/err || fail 12 "not a pg_dump custom-format archive: $DUMP_REF: $(head -c 300 /tmp/err)"
+db=$(sed -n 's/^;[[:space:]]*dbname: //p' /tmp/toc | head -n 1)
+sum=$(sha256sum "$DUMP_PATH" | cut -d ' ' -f 1)
+size=$(wc -c < "$DUMP_PATH" | tr -d ' ')
+printf '{"dbname":"%s","sha256":"%s","bytes":%s}' "$db" "$sum" "$size" > /dev/termination-log
+"""
+
+BACKUP_SCRIPT = r"""set -eu
+fail() { printf '%s' "$2" > /dev/termination-log; exit "$1"; }
+[ ! -e "$DUMP_PATH" ] || fail 20 "refusing to overwrite an existing file: $DUMP_REF"
+mkdir -p "$(dirname "$DUMP_PATH")"
+pg_dump --format=custom --no-password --dbname="$DATABASE_URL" --file="$DUMP_PATH.partial" 2> /tmp/err \
+  || fail 21 "pg_dump failed: $(head -c 500 /tmp/err)"
+pg_restore --list "$DUMP_PATH.partial" > /dev/null 2> /tmp/err || fail 22 "the new dump does not read back: $(head -c 300 /tmp/err)"
+mv "$DUMP_PATH.partial" "$DUMP_PATH"
+sum=$(sha256sum "$DUMP_PATH" | cut -d ' ' -f 1)
+size=$(wc -c < "$DUMP_PATH" | tr -d ' ')
+printf '{"sha256":"%s","bytes":%s}' "$sum" "$size" > /dev/termination-log
+"""
+
+# The Secret's URL names the live database; the restore goes to the staging database on the
+# same server, so the script swaps the URL's path (keeping any ?query) without ever printing it.
+RESTORE_SCRIPT = r"""set -eu
+fail() { printf '%s' "$2" > /dev/termination-log; exit "$1"; }
+base="${DATABASE_URL%%\?*}"; query=""
+case "$DATABASE_URL" in *\?*) query="?${DATABASE_URL#*\?}";; esac
+target="${base%/*}/${TARGET_DB}${query}"
+pg_restore --single-transaction --exit-on-error --no-owner --no-password --dbname="$target" "$DUMP_PATH" 2> /tmp/err \
+  || fail 30 "pg_restore into $TARGET_DB failed: $(tail -c 600 /tmp/err)"
+printf '{"restored":"%s"}' "$TARGET_DB" > /dev/termination-log
+"""
+
+
+# --- names (all derived from the Rollback's UID) ---------------------------------------------
+
+
+def uid8(uid: str) -> str:
+    return uid.replace("-", "")[:8]
+
+
+def staging_name(live: str, uid: str) -> str:
+    return f"{live[:40]}_restore_{uid8(uid)}"
+
+
+def pre_name(live: str, uid: str) -> str:
+    return f"{live[:44]}_pre_{uid8(uid)}"
+
+
+def job_name(uid: str, what: str) -> str:
+    return f"rewind-{uid8(uid)}-{what}"
+
+
+def staging_comment(uid: str) -> str:
+    return f"rewind:{uid}:staging"
+
+
+def backup_to(spec: DatabaseSpec, namespace: str, name: str, uid: str) -> tuple[str, str]:
+    if spec.backup_to:
+        return spec.backup_to.claim_name, spec.backup_to.path
+    return (spec.restore_from.persistent_volume_claim.claim_name,
+            f"rewind/{namespace}/{name}-{uid8(uid)}/pre-rollback.dump")
+
+
+# --- the connection --------------------------------------------------------------------------
+
+
+def connection(kube: Kube, namespace: str, spec: DatabaseSpec) -> db.Target:
+    ref = spec.connection.secret_ref
+    try:
+        secret = kube.get(SECRETS, namespace, ref.name)
+    except KubeError as e:
+        if e.not_found:
+            raise StepFailed("SecretNotFound", f"the connection Secret {namespace}/{ref.name} does not exist") from None
+        if e.forbidden:
+            raise StepFailed(C.FORBIDDEN, f"the operator may not read Secret {namespace}/{ref.name}") from None
+        raise
+    value = (secret.get("data") or {}).get(ref.key)
+    if value is None:
+        raise StepFailed("SecretKeyNotFound",
+                         f"Secret {namespace}/{ref.name} has no key {ref.key!r} "
+                         f"(keys: {', '.join(sorted(secret.get('data') or {})) or 'none'})")
+    try:
+        url = base64.b64decode(value).decode("utf-8").strip()
+    except (ValueError, UnicodeDecodeError):
+        raise StepFailed("InvalidConnection", f"Secret {namespace}/{ref.name} key {ref.key!r} "
+                                              "is not a UTF-8 URL") from None
+    try:
+        return db.parse_url(url)
+    except db.DatabaseError as e:
+        raise StepFailed(e.reason, f"Secret {namespace}/{ref.name} key {ref.key!r}: {e.message}") from None
+
+
+def _db_call(fn: Callable, *args, **kw):
+    try:
+        return fn(*args, **kw)
+    except db.DatabaseError as e:
+        raise StepFailed(e.reason, e.message) from None
+
+
+# --- planning --------------------------------------------------------------------------------
+
+
+def resolve(kube: Kube, rollback: dict, spec: DatabaseSpec) -> list[PlanStep]:
+    """Preflight: the Secret, the URL, the server, the names. Reads only; raises StepFailed."""
+    meta = rollback["metadata"]
+    ns, uid = meta["namespace"], meta["uid"]
+    target = connection(kube, ns, spec)
+    live = target.dbname
+    with _db_call(db.connect, target) as conn:
+        conn.execute("SELECT 1")
+    with _db_call(db.connect, target, MAINTENANCE_DB) as conn:
+        if not db.can_swap(conn, live):
+            raise StepFailed(C.FORBIDDEN, f"role {target.user!r} may not rename database {live!r}: "
+                                          "it needs CREATEDB and to own the database (or be superuser)")
+        for name, what in ((staging_name(live, uid), "staging"), (pre_name(live, uid), "pre-rollback")):
+            exists, comment = db.database_comment(conn, name)
+            if exists and comment != staging_comment(uid):
+                raise StepFailed("StagingNameTaken", f"the {what} database name {name!r} is already "
+                                                     "taken by a database Rewind did not create")
+    target_ref = TargetRef(kind="Database", name=live)
+    steps = [PlanStep(name="database/check", kind=StepKind.DATABASE_CHECK, target=target_ref,
+                      action=StepAction.RESTORE, job_name=job_name(uid, "check"))]
+    if spec.pre_rollback_backup:
+        steps.append(PlanStep(name="database/backup", kind=StepKind.DATABASE_BACKUP, target=target_ref,
+                              action=StepAction.RESTORE, job_name=job_name(uid, "backup")))
+    steps.append(PlanStep(name="database/restore", kind=StepKind.DATABASE_RESTORE, target=target_ref,
+                          action=StepAction.RESTORE, job_name=job_name(uid, "restore")))
+    if spec.verify:
+        steps.append(PlanStep(name="database/verify", kind=StepKind.DATABASE_VERIFY,
+                              target=target_ref, action=StepAction.RESTORE))
+    steps.append(PlanStep(name="database/swap", kind=StepKind.DATABASE_SWAP, target=target_ref,
+                          action=StepAction.RESTORE))
+    return steps
+
+
+# --- execution -------------------------------------------------------------------------------
+
+
+def _begin(ctx: Context, rec: StepRecord, message: str) -> None:
+    if rec.state == StepState.PENDING.value:
+        rec.state = StepState.RUNNING.value
+        rec.attempts += 1
+        rec.started_at = ctx.clock()
+        rec.message = message
+        ctx.condition(C.DATABASE_RESTORED, "False", C.EXECUTING, message)
+        ctx.save()   # intent, before the side effect
+
+
+def _done(ctx: Context, rec: StepRecord, message: str, reason: str) -> None:
+    rec.state = StepState.SUCCEEDED.value
+    rec.finished_at = ctx.clock()
+    rec.message = message
+    ctx.save()
+    ctx.emit("Normal", reason, message)
+
+
+def _dbstatus(ctx: Context) -> DatabaseStatus:
+    if ctx.status.database is None:
+        ctx.status.database = DatabaseStatus()
+    return ctx.status.database
+
+
+def _spec(ctx: Context) -> DatabaseSpec:
+    return ctx.rollback.spec.database
+
+
+def _job_env(spec: DatabaseSpec, dump_path: str, dump_ref: str, **extra: str) -> list[dict]:
+    ref = spec.connection.secret_ref
+    env = [jobs.secret_env("DATABASE_URL", ref.name, ref.key),
+           {"name": "DUMP_PATH", "value": f"{jobs.MOUNT}/{dump_path}"},
+           {"name": "DUMP_REF", "value": dump_ref}]
+    env += [{"name": k, "value": v} for k, v in extra.items()]
+    return env
+
+
+def _run_job(ctx: Context, step: PlanStep, rec: StepRecord, manifest: Callable[[], dict],
+             what: str) -> jobs.JobOutcome | None:
+    """Get-or-create the step's Job; None while it runs, else its outcome."""
+    outcome = jobs.job_outcome(ctx.kube, ctx.namespace, step.job_name)
+    if outcome.state == "missing":
+        how = jobs.ensure_job(ctx.kube, manifest())
+        rec.message = f"Job {step.job_name} {how}: {what}."
+        ctx.save()
+        return None
+    if outcome.state == "running":
+        return None
+    return outcome
+
+
+def advance_check(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+    spec = _spec(ctx)
+    src = spec.restore_from.persistent_volume_claim
+    ref = f"{src.claim_name}:{src.path}"
+    _begin(ctx, rec, f"Checking the backup {ref}.")
+    outcome = _run_job(ctx, step, rec, lambda: jobs.build_job(
+        name=step.job_name, rollback=ctx.obj, step="check", image=spec.image, script=CHECK_SCRIPT,
+        env=_job_env(spec, src.path, ref), claim_name=src.claim_name,
+        deadline_seconds=spec.job_deadline_seconds, read_only_backups=True), f"checking {ref}")
+    if outcome is None:
+        return JOB_POLL_SECONDS
+    if outcome.state == "failed":
+        reason = {10: "BackupNotFound", 11: "BackupEmpty", 12: "BackupCorrupt"}.get(outcome.exit_code, "BackupCheckFailed")
+        raise StepFailed(reason, f"{outcome.message or 'the backup check Job failed'}; nothing was changed")
+    result = outcome.result()
+    live = step.target.name
+    if result.get("dbname") and result["dbname"] != live:
+        raise StepFailed("BackupMismatch", f"the backup {ref} is a dump of database "
+                                           f"{result['dbname']!r}, not of {live!r}; nothing was changed")
+    st = _dbstatus(ctx)
+    st.live_database, st.backup_source, st.backup_source_sha256 = live, ref, result.get("sha256")
+    jobs.delete_job(ctx.kube, ctx.namespace, step.job_name)
+    _done(ctx, rec, f"The backup {ref} is a pg_dump archive of {live} "
+                    f"({result.get('bytes')} bytes, sha256 {str(result.get('sha256'))[:12]}...).", "BackupChecked")
+    return None
+
+
+def advance_backup(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+    spec = _spec(ctx)
+    claim, path = backup_to(spec, ctx.namespace, ctx.name, ctx.uid)
+    ref = f"{claim}:{path}"
+    _begin(ctx, rec, f"Dumping the live database {step.target.name} to {ref} before anything changes.")
+    outcome = _run_job(ctx, step, rec, lambda: jobs.build_job(
+        name=step.job_name, rollback=ctx.obj, step="backup", image=spec.image, script=BACKUP_SCRIPT,
+        env=_job_env(spec, path, ref), claim_name=claim,
+        deadline_seconds=spec.job_deadline_seconds, read_only_backups=False), f"pg_dump to {ref}")
+    if outcome is None:
+        return JOB_POLL_SECONDS
+    if outcome.state == "failed":
+        raise StepFailed("PreRollbackBackupFailed",
+                         f"{outcome.message or 'the pre-rollback backup Job failed'}; nothing was changed")
+    result = outcome.result()
+    st = _dbstatus(ctx)
+    st.pre_rollback_backup, st.pre_rollback_backup_sha256 = ref, result.get("sha256")
+    st.pre_rollback_backup_bytes = result.get("bytes")
+    jobs.delete_job(ctx.kube, ctx.namespace, step.job_name)
+    _done(ctx, rec, f"The live database {step.target.name} is saved to {ref} "
+                    f"({result.get('bytes')} bytes).", "PreRollbackBackupTaken")
+    return None
+
+
+def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+    spec = _spec(ctx)
+    live = step.target.name
+    staging = staging_name(live, ctx.uid)
+    src = spec.restore_from.persistent_volume_claim
+    ref = f"{src.claim_name}:{src.path}"
+    _begin(ctx, rec, f"Restoring {ref} into the staging database {staging}.")
+    target = connection(ctx.kube, ctx.namespace, spec)
+    with _db_call(db.connect, target, MAINTENANCE_DB) as conn:
+        db.ensure_ledger(conn)
+        state = db.ledger_state(conn, ctx.uid, "restore")
+        if state is None:
+            db.ledger_advance(conn, ctx.uid, "restore", None, "claimed", staging)
+            state = db.ledger_state(conn, ctx.uid, "restore")
+        if state == "claimed":
+            exists, comment = db.database_comment(conn, staging)
+            if exists and comment != staging_comment(ctx.uid):
+                raise StepFailed("StagingNameTaken", f"the staging database name {staging!r} is "
+                                                     "taken by a database Rewind did not create")
+            if not exists:
+                db.create_database(conn, staging, staging_comment(ctx.uid))
+            _dbstatus(ctx).staging_database = staging
+            jobs.ensure_job(ctx.kube, jobs.build_job(
+                name=step.job_name, rollback=ctx.obj, step="restore", image=spec.image,
+                script=RESTORE_SCRIPT, env=_job_env(spec, src.path, ref, TARGET_DB=staging),
+                claim_name=src.claim_name, deadline_seconds=spec.job_deadline_seconds,
+                read_only_backups=True))
+            db.ledger_advance(conn, ctx.uid, "restore", "claimed", "job-created", staging)
+            rec.message = f"Job {step.job_name} restores {ref} into {staging}."
+            ctx.save()
+            return JOB_POLL_SECONDS
+        if state == "restored":
+            return _restored(ctx, step, rec, staging, ref)
+        if state == "failed":
+            raise StepFailed("RestoreFailed", f"the restore into {staging} failed earlier; "
+                                              f"the live database {live} is unchanged")
+        outcome = jobs.job_outcome(ctx.kube, ctx.namespace, step.job_name)
+        if outcome.state == "running":
+            return JOB_POLL_SECONDS
+        if outcome.state == "missing":
+            raise StepFailed(C.INTERRUPTED, f"the restore Job {step.job_name} disappeared before its "
+                                            f"outcome was recorded; the staging database {staging} "
+                                            f"may be partly restored. The live database {live} is "
+                                            "unchanged; inspect staging, then create a new Rollback")
+        if outcome.state == "failed":
+            db.ledger_advance(conn, ctx.uid, "restore", "job-created", "failed", outcome.message[:500])
+            raise StepFailed("BackupCorrupt", f"{outcome.message or 'the restore Job failed'}; "
+                                              f"the live database {live} is unchanged and the "
+                                              f"staging database {staging} is kept for inspection")
+        db.ledger_advance(conn, ctx.uid, "restore", "job-created", "restored", staging)
+    return _restored(ctx, step, rec, staging, ref)
+
+
+def _restored(ctx: Context, step: PlanStep, rec: StepRecord, staging: str, ref: str) -> None:
+    jobs.delete_job(ctx.kube, ctx.namespace, step.job_name)
+    _dbstatus(ctx).staging_database = staging
+    _done(ctx, rec, f"{ref} is restored into the staging database {staging}.", "StagingRestored")
+    return None
+
+
+def advance_verify(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+    spec = _spec(ctx)
+    staging = staging_name(step.target.name, ctx.uid)
+    _begin(ctx, rec, f"Verifying the staging database {staging}.")
+    target = connection(ctx.kube, ctx.namespace, spec)
+    with _db_call(db.connect, target, staging) as conn:
+        counts = db.table_counts(conn, spec.verify.tables)
+    now = ctx.clock()
+    results, failures = [], []
+    for table, count in counts.items():
+        if count is None:
+            outcome, detail = "Failed", f"table {table} does not exist in the restored database"
+        elif count < spec.verify.min_rows:
+            outcome, detail = "Failed", f"table {table} has {count} rows, fewer than {spec.verify.min_rows}"
+        else:
+            outcome, detail = "Passed", f"table {table} has {count} rows"
+        results.append(VerificationResult(name=f"database/table/{table}", kind="SQL",
+                                          outcome=outcome, detail=detail, checked_at=now))
+        if outcome == "Failed":
+            failures.append(detail)
+    ctx.status.verification = [v for v in ctx.status.verification
+                               if not v.name.startswith("database/")] + results
+    if failures:
+        ctx.condition(C.VERIFIED, "False", "VerificationFailed", "; ".join(failures))
+        raise StepFailed("VerificationFailed", "; ".join(failures) + f"; the swap did not happen and "
+                         f"the live database {step.target.name} is unchanged")
+    _done(ctx, rec, f"The staging database {staging} holds every listed table "
+                    f"({', '.join(f'{t}: {c}' for t, c in counts.items())}).", "StagingVerified")
+    return None
+
+
+def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+    spec = _spec(ctx)
+    live = step.target.name
+    staging, pre = staging_name(live, ctx.uid), pre_name(live, ctx.uid)
+    _begin(ctx, rec, f"Swapping {staging} in as {live}; the current {live} becomes {pre}.")
+    target = connection(ctx.kube, ctx.namespace, spec)
+    with _db_call(db.connect, target, MAINTENANCE_DB) as conn:
+        db.ensure_ledger(conn)
+        state = db.ledger_state(conn, ctx.uid, "swap")
+        if state != "swapped":
+            if state is None:
+                db.ledger_advance(conn, ctx.uid, "swap", None, "swapping")
+            exists, comment = db.database_comment(conn, staging)
+            if not exists or comment != staging_comment(ctx.uid):
+                raise StepFailed(C.INTERRUPTED, f"the staging database {staging} is not there as "
+                                                "Rewind left it; nothing was renamed")
+            db.set_allow_connections(conn, live, False)
+            try:
+                left = db.end_sessions(conn, live, spec.terminate_connections)
+                if left:
+                    raise StepFailed("SwapBlocked", f"{left} session(s) on {live} did not end"
+                                     f"{'' if spec.terminate_connections else ' (terminateConnections is false)'}; "
+                                     f"nothing was renamed and {live} accepts connections again")
+                _db_call(db.swap, conn, live=live, staging=staging, pre=pre, uid=ctx.uid,
+                         ledger_step="swap")
+            except BaseException:
+                if db.database_comment(conn, live)[0] and db.ledger_state(conn, ctx.uid, "swap") != "swapped":
+                    db.set_allow_connections(conn, live, True)
+                raise
+        db.set_allow_connections(conn, live, True)
+        db.set_allow_connections(conn, pre, True)
+    st = _dbstatus(ctx)
+    st.live_database, st.staging_database, st.pre_rollback_database = live, None, pre
+    st.swapped_at = ctx.clock()
+    message = f"{live} now holds the restored data; the previous {live} is kept as {pre}."
+    ctx.condition(C.DATABASE_RESTORED, "True", "Swapped", message)
+    _done(ctx, rec, message, "DatabaseSwapped")
+    return None
+
+
+ADVANCE = {
+    StepKind.DATABASE_CHECK.value: advance_check,
+    StepKind.DATABASE_BACKUP.value: advance_backup,
+    StepKind.DATABASE_RESTORE.value: advance_restore,
+    StepKind.DATABASE_VERIFY.value: advance_verify,
+    StepKind.DATABASE_SWAP.value: advance_swap,
+}
+
+
+def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+    return ADVANCE[step.kind](ctx, step, rec)

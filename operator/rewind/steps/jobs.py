@@ -1,0 +1,139 @@
+"""Kubernetes Jobs for database work: pure manifest builders, get-or-create, and outcomes.
+
+Job pods meet Pod Security `restricted`, read credentials only through `secretKeyRef`, have a
+deadline, never retry on their own (a destructive step must not run twice behind our back), and
+report a short result through their termination message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from rewind.adapters.kube import Kube, KubeError, Resource
+
+JOBS = Resource("batch", "v1", "jobs")
+PODS = Resource("", "v1", "pods")
+
+COMPONENT_LABEL = "rewind.dev/component"
+COMPONENT = "database-job"
+UID_LABEL = "rewind.dev/rollback-uid"
+MOUNT = "/backups"
+
+
+def build_job(*, name: str, rollback: dict, step: str, image: str, script: str,
+              env: list[dict], claim_name: str, deadline_seconds: int,
+              read_only_backups: bool) -> dict:
+    meta = rollback["metadata"]
+    labels = {"app.kubernetes.io/managed-by": "rewind", COMPONENT_LABEL: COMPONENT,
+              UID_LABEL: meta["uid"], "rewind.dev/step": step}
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {
+            "name": name, "namespace": meta["namespace"], "labels": labels,
+            "ownerReferences": [{"apiVersion": rollback["apiVersion"], "kind": "Rollback",
+                                 "name": meta["name"], "uid": meta["uid"], "controller": True}],
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "podReplacementPolicy": "Failed",
+            "activeDeadlineSeconds": deadline_seconds,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 999, "runAsGroup": 999,
+                                        "fsGroup": 999, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "pg",
+                        "image": image,
+                        "command": ["sh", "-c", script],
+                        "env": env,
+                        "volumeMounts": [
+                            {"name": "backups", "mountPath": MOUNT, "readOnly": read_only_backups},
+                            {"name": "tmp", "mountPath": "/tmp"},
+                        ],
+                        "terminationMessagePolicy": "File",
+                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                      "limits": {"memory": "1Gi"}},
+                        "securityContext": {"allowPrivilegeEscalation": False,
+                                            "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}},
+                    }],
+                    "volumes": [
+                        {"name": "backups", "persistentVolumeClaim": {"claimName": claim_name}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def secret_env(name: str, secret: str, key: str) -> dict:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def ensure_job(kube: Kube, manifest: dict) -> str:
+    """Creates the Job unless it exists; "created" or "adopted"."""
+    ns = manifest["metadata"]["namespace"]
+    try:
+        kube.create(JOBS, ns, manifest)
+        return "created"
+    except KubeError as e:
+        if e.status == 409:
+            return "adopted"
+        raise
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    state: str                 # running | succeeded | failed | missing
+    exit_code: int | None = None
+    message: str = ""
+
+    def result(self) -> dict:
+        try:
+            value = json.loads(self.message)
+            return value if isinstance(value, dict) else {}
+        except ValueError:
+            return {}
+
+
+def job_outcome(kube: Kube, namespace: str, name: str) -> JobOutcome:
+    try:
+        job = kube.get(JOBS, namespace, name)
+    except KubeError as e:
+        if e.not_found:
+            return JobOutcome("missing")
+        raise
+    conditions = {c["type"]: c for c in job.get("status", {}).get("conditions") or []
+                  if c.get("status") == "True"}
+    if "Complete" not in conditions and "Failed" not in conditions:
+        return JobOutcome("running")
+    exit_code, message = _termination(kube, namespace, name)
+    if "Complete" in conditions:
+        return JobOutcome("succeeded", exit_code, message)
+    failed = conditions["Failed"]
+    if not message:
+        message = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": ")
+    return JobOutcome("failed", exit_code, message)
+
+
+def _termination(kube: Kube, namespace: str, job: str) -> tuple[int | None, str]:
+    pods = kube.list(PODS, namespace, label_selector=f"batch.kubernetes.io/job-name={job}")
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True):
+        for cs in pod.get("status", {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated")
+            if term:
+                return term.get("exitCode"), (term.get("message") or "").strip()
+    return None, ""
+
+
+def delete_job(kube: Kube, namespace: str, name: str) -> None:
+    try:
+        kube.request("DELETE", JOBS.path(namespace, name), body={"propagationPolicy": "Background"})
+    except KubeError as e:
+        if not e.not_found:
+            raise

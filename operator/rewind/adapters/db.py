@@ -114,10 +114,14 @@ def table_counts(conn: psycopg.Connection, tables: list[str]) -> dict[str, int |
     out: dict[str, int | None] = {}
     for table in tables:
         schema, _, name = table.rpartition(".")
-        ident = sql.Identifier(schema, name) if schema else sql.Identifier(name)
-        exists = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0]
-        out[table] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ident)).fetchone()[0] \
-            if exists else None
+        schema = schema or "public"
+        exists = conn.execute(
+            """SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p'))""",
+            (schema, name)).fetchone()[0]
+        out[table] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(schema, name))).fetchone()[0] if exists else None
     return out
 
 

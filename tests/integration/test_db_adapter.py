@@ -1,0 +1,132 @@
+"""The PostgreSQL adapter against the real server: URL parsing, errors a person can act on, the
+ledger fence, and the atomic swap (never a moment without the live name)."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+
+from rewind.adapters import db
+
+pytestmark = pytest.mark.postgres
+
+
+def _seed(postgres, name, rows):
+    postgres.create_database(name)
+    with postgres.connect(name) as conn:
+        conn.execute("CREATE TABLE appointments (id int PRIMARY KEY, who text)")
+        conn.execute("INSERT INTO appointments SELECT g, 'client ' || g FROM generate_series(1, %s) g", (rows,))
+        conn.commit()
+
+
+def test_parse_url_and_redaction(postgres, database):
+    t = db.parse_url(postgres.dsn(database))
+    assert t.dbname == database and t.port == str(postgres.port)
+    assert postgres.password not in t.redacted
+    for bad in ("mysql://x@y/z", "postgresql://u:p@h:5432", "not a url"):
+        with pytest.raises(db.DatabaseError) as err:
+            db.parse_url(bad)
+        assert err.value.reason == "InvalidConnection"
+
+
+def test_connection_errors_are_specific_and_secret_free(postgres, database):
+    wrong = db.parse_url(postgres.dsn(database, password="wrong-password-canary"))
+    with pytest.raises(db.DatabaseError) as err:
+        with db.connect(wrong):
+            pass
+    assert err.value.reason == "AuthenticationFailed"
+    assert "wrong-password-canary" not in err.value.message
+    missing = db.parse_url(postgres.dsn("no_such_db"))
+    with pytest.raises(db.DatabaseError) as err:
+        with db.connect(missing):
+            pass
+    assert err.value.reason == "DatabaseNotFound"
+    closed = db.parse_url(f"postgresql://u:p@127.0.0.1:1/{database}")
+    with pytest.raises(db.DatabaseError) as err:
+        with db.connect(closed):
+            pass
+    assert err.value.reason == "DatabaseUnreachable"
+
+
+def test_ledger_is_a_fence(postgres, database):
+    t = db.parse_url(postgres.dsn(database))
+    with db.connect(t) as conn:
+        db.ensure_ledger(conn)
+        db.ensure_ledger(conn)  # idempotent
+        assert db.ledger_advance(conn, "uid-1", "restore", None, "claimed")
+        assert not db.ledger_advance(conn, "uid-1", "restore", None, "claimed")
+        assert db.ledger_advance(conn, "uid-1", "restore", "claimed", "job-created")
+        assert not db.ledger_advance(conn, "uid-1", "restore", "claimed", "job-created")
+        assert db.ledger_state(conn, "uid-1", "restore") == "job-created"
+        assert db.ledger_state(conn, "uid-2", "restore") is None
+
+
+def test_swap_is_atomic_and_keeps_the_old_database(postgres, database):
+    live, staging, pre = f"{database}_live", f"{database}_stg", f"{database}_pre"
+    _seed(postgres, live, 5)
+    _seed(postgres, staging, 3)
+    t = db.parse_url(postgres.dsn("postgres"))
+    try:
+        with db.connect(t) as conn:
+            db.ensure_ledger(conn)
+            db.ledger_advance(conn, "uid-swap", "swap", None, "swapping")
+            db.swap(conn, live=live, staging=staging, pre=pre, uid="uid-swap", ledger_step="swap")
+            assert db.ledger_state(conn, "uid-swap", "swap") == "swapped"
+            assert db.database_comment(conn, live) == (True, "rewind:uid-swap:restored")
+            assert db.database_comment(conn, staging) == (False, None)
+        with postgres.connect(live) as c:
+            assert c.execute("SELECT count(*) FROM appointments").fetchone()[0] == 3
+        with postgres.connect(pre) as c:
+            assert c.execute("SELECT count(*) FROM appointments").fetchone()[0] == 5
+    finally:
+        for name in (live, staging, pre):
+            postgres.drop_database(name)
+
+
+def test_swap_refused_while_sessions_hold_the_database_renames_nothing(postgres, database):
+    live, staging, pre = f"{database}_live", f"{database}_stg", f"{database}_pre"
+    _seed(postgres, live, 5)
+    _seed(postgres, staging, 3)
+    t = db.parse_url(postgres.dsn("postgres"))
+    holder = postgres.connect(live)
+    try:
+        with db.connect(t) as conn:
+            db.ensure_ledger(conn)
+            db.ledger_advance(conn, "uid-busy", "swap", None, "swapping")
+            assert db.sessions(conn, live) == 1
+            assert db.end_sessions(conn, live, terminate=False, wait_seconds=0.5) == 1
+            with pytest.raises(db.DatabaseError) as err:
+                db.swap(conn, live=live, staging=staging, pre=pre, uid="uid-busy", ledger_step="swap")
+            assert err.value.reason == "SwapBlocked"
+            assert db.database_comment(conn, live)[0] and db.database_comment(conn, staging)[0]
+            assert not db.database_comment(conn, pre)[0]
+            assert db.ledger_state(conn, "uid-busy", "swap") == "swapping"
+            # With termination allowed, the session ends and the swap goes through.
+            db.set_allow_connections(conn, live, False)
+            assert db.end_sessions(conn, live, terminate=True) == 0
+            db.swap(conn, live=live, staging=staging, pre=pre, uid="uid-busy", ledger_step="swap")
+            db.set_allow_connections(conn, live, True)
+            db.set_allow_connections(conn, pre, True)
+        with pytest.raises(psycopg.OperationalError):
+            holder.execute("SELECT 1")
+    finally:
+        holder.close()
+        for name in (live, staging, pre):
+            postgres.drop_database(name)
+
+
+def test_table_counts_quote_identifiers(postgres, database):
+    _seed(postgres, f"{database}_c", 4)
+    t = db.parse_url(postgres.dsn(f"{database}_c"))
+    try:
+        with db.connect(t) as conn:
+            counts = db.table_counts(conn, ["appointments", "public.appointments", "missing",
+                                            'appointments"; DROP TABLE appointments; --'])
+            assert counts["appointments"] == 4 and counts["public.appointments"] == 4
+            assert counts["missing"] is None
+            assert counts['appointments"; DROP TABLE appointments; --'] is None
+            assert conn.execute("SELECT count(*) FROM appointments").fetchone()[0] == 4
+    finally:
+        postgres.drop_database(f"{database}_c")

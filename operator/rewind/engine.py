@@ -25,7 +25,9 @@ def advance(ctx: Context) -> float | None:
     reached a terminal phase (or already was in one)."""
     if ctx.status.phase in TERMINAL_PHASES:
         return None
-    if ctx.status.started_at is None:
+    if ctx.status.started_at is None or not ctx.status.plan:
+        # Not planned yet, or planning was interrupted (a crash, an API error) before the plan
+        # was saved: preflight only reads, so it simply runs again.
         return _plan(ctx)
     return _execute(ctx)
 
@@ -35,7 +37,7 @@ def advance(ctx: Context) -> float | None:
 
 def _plan(ctx: Context) -> float | None:
     spec = ctx.rollback.spec
-    started = ctx.clock()
+    started = ctx.status.started_at or ctx.clock()
     ctx.status.started_at = started
     ctx.status.deadline = planning.deadline_for(spec.severity, started)
     ctx.status.phase = Phase.RUNNING.value

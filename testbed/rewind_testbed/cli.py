@@ -1,7 +1,8 @@
 """`rewind-testbed`: build the local control plane, or run it in the foreground for a person.
 
     rewind-testbed build     build (or find in the cache) the binaries; print their directory
-    rewind-testbed up        start the control plane and PostgreSQL; print how to use them; Ctrl-C stops
+    rewind-testbed up        start the control plane, PostgreSQL and the job runner (it runs the
+                             database Job pods); print how to use them; Ctrl-C stops
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import time
 from pathlib import Path
 
 from rewind_testbed.cluster import ControlPlane, build_binaries
-from rewind_testbed.postgres import PostgresServer
+from rewind_testbed.jobrunner import LABEL_SELECTOR, JobRunner
+from rewind_testbed.postgres import PostgresServer, find_bindir
 
 
 def _up(args) -> int:
@@ -23,10 +25,11 @@ def _up(args) -> int:
     t0 = time.monotonic()
     bin_dir = build_binaries()
     cp = ControlPlane.start(run_dir / "cluster", bin_dir)
-    pg = None
+    pg = runner = None
     try:
         if not args.no_postgres:
             pg = PostgresServer.start(run_dir / "postgres")
+            runner = JobRunner(cp.kubeconfig, run_dir / "jobs", find_bindir()).start()
         print(f"Local control plane up in {time.monotonic() - t0:.1f}s "
               f"(API server {cp.server}, 2 kwok nodes).")
         print("Point kubectl at it:\n")
@@ -39,6 +42,10 @@ def _up(args) -> int:
             pw = run_dir / "postgres" / "superuser-password"
             pw.write_text(pg.password)
             pw.chmod(0o600)
+        if runner:
+            print(f"Pods labelled {LABEL_SELECTOR} run locally (the job runner): their output in "
+                  f"{runner.root_dir / 'logs'}, PVCs in {runner.root_dir / 'pvc'}/<namespace>/<claim>, "
+                  f"the runner's log {runner.log_file}")
         print(f"Component logs: {cp.log_dir}")
         print("Press Ctrl-C to stop.", flush=True)
         stop = []
@@ -51,6 +58,8 @@ def _up(args) -> int:
         except KeyboardInterrupt:
             pass
     finally:
+        if runner:
+            runner.stop()
         if pg:
             pg.stop()
         cp.stop()

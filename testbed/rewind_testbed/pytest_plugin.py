@@ -1,5 +1,6 @@
 """pytest fixtures for the test bed: the control plane, an API client, a fresh namespace per test,
-a PostgreSQL server and a fresh database per test.
+a PostgreSQL server and a fresh database per test, and the job runner that stands in for the kubelet
+of database Job pods.
 
 By default the bed is local (built and started by the harness). To run the same tests against an
 existing cluster (kind, say), set REWIND_TEST_EXISTING_CLUSTER=1 and point KUBECONFIG at it.
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from rewind_testbed.cluster import ControlPlane
-from rewind_testbed.postgres import PostgresServer
+from rewind_testbed.postgres import PostgresServer, find_bindir
 
 
 @dataclass
@@ -129,3 +130,22 @@ def database(request, postgres: PostgresServer) -> str:
     postgres.create_database(name)
     yield name
     postgres.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def job_runner(cluster: Cluster, postgres: PostgresServer, bed_dir: Path):
+    """Runs the containers of pods labelled rewind.dev/component=database-job as local processes
+    with the local PostgreSQL tools, as their kubelet (see jobrunner.py). A test puts a backup
+    "on a PVC" by writing to `job_runner.pvc_dir(namespace, claim)`; a pod's output is in
+    `job_runner.log_path(namespace, pod)`."""
+    if _external():
+        pytest.skip("the job runner stands in for the kubelet of the local test bed only; "
+                    "an existing cluster has real kubelets")
+    from rewind_testbed.jobrunner import JobRunner
+
+    runner = JobRunner(cluster.kubeconfig, bed_dir / "jobs", find_bindir()).start()
+    print(f"\njob runner up; database Job pod logs in {runner.root_dir / 'logs'}")
+    try:
+        yield runner
+    finally:
+        runner.stop()

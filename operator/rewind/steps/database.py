@@ -19,7 +19,8 @@ exactly what happened, or stops as Interrupted when it cannot know.
 from __future__ import annotations
 
 import base64
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from rewind.adapters import db
 from rewind.adapters.kube import Kube, KubeError, Resource
@@ -39,7 +40,7 @@ CHECK_SCRIPT = r"""set -eu
 fail() { printf '%s' "$2" > /dev/termination-log; exit "$1"; }
 [ -e "$DUMP_PATH" ] || fail 10 "backup file not found: $DUMP_REF"
 [ -s "$DUMP_PATH" ] || fail 11 "backup file is empty (0 bytes): $DUMP_REF"
-pg_restore --list "$DUMP_PATH" > /tmp/toc 2> /tmp/err || fail 12 "not a pg_dump custom-format archive: $DUMP_REF: $(head -c 300 /tmp/err)"
+pg_restore --list "$DUMP_PATH" > /tmp/toc 2> /tmp/err || fail 12 "not a readable pg_dump custom-format archive: $DUMP_REF: $(head -c 300 /tmp/err)"
 db=$(sed -n 's/^;[[:space:]]*dbname: //p' /tmp/toc | head -n 1)
 sum=$(sha256sum "$DUMP_PATH" | cut -d ' ' -f 1)
 size=$(wc -c < "$DUMP_PATH" | tr -d ' ')
@@ -138,6 +139,16 @@ def _db_call(fn: Callable, *args, **kw):
         raise StepFailed(e.reason, e.message) from None
 
 
+@contextmanager
+def _connect(target: db.Target, dbname: str | None = None) -> Iterator:
+    """db.connect, with its errors as step failures (reason and message kept)."""
+    try:
+        with db.connect(target, dbname) as conn:
+            yield conn
+    except db.DatabaseError as e:
+        raise StepFailed(e.reason, e.message) from None
+
+
 # --- planning --------------------------------------------------------------------------------
 
 
@@ -147,9 +158,9 @@ def resolve(kube: Kube, rollback: dict, spec: DatabaseSpec) -> list[PlanStep]:
     ns, uid = meta["namespace"], meta["uid"]
     target = connection(kube, ns, spec)
     live = target.dbname
-    with _db_call(db.connect, target) as conn:
+    with _connect(target) as conn:
         conn.execute("SELECT 1")
-    with _db_call(db.connect, target, MAINTENANCE_DB) as conn:
+    with _connect(target, MAINTENANCE_DB) as conn:
         if not db.can_swap(conn, live):
             raise StepFailed(C.FORBIDDEN, f"role {target.user!r} may not rename database {live!r}: "
                                           "it needs CREATEDB and to own the database (or be superuser)")
@@ -287,7 +298,7 @@ def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> float | No
     ref = f"{src.claim_name}:{src.path}"
     _begin(ctx, rec, f"Restoring {ref} into the staging database {staging}.")
     target = connection(ctx.kube, ctx.namespace, spec)
-    with _db_call(db.connect, target, MAINTENANCE_DB) as conn:
+    with _connect(target, MAINTENANCE_DB) as conn:
         db.ensure_ledger(conn)
         state = db.ledger_state(conn, ctx.uid, "restore")
         if state is None:
@@ -344,7 +355,7 @@ def advance_verify(ctx: Context, step: PlanStep, rec: StepRecord) -> float | Non
     staging = staging_name(step.target.name, ctx.uid)
     _begin(ctx, rec, f"Verifying the staging database {staging}.")
     target = connection(ctx.kube, ctx.namespace, spec)
-    with _db_call(db.connect, target, staging) as conn:
+    with _connect(target, staging) as conn:
         counts = db.table_counts(conn, spec.verify.tables)
     now = ctx.clock()
     results, failures = [], []
@@ -376,7 +387,7 @@ def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
     staging, pre = staging_name(live, ctx.uid), pre_name(live, ctx.uid)
     _begin(ctx, rec, f"Swapping {staging} in as {live}; the current {live} becomes {pre}.")
     target = connection(ctx.kube, ctx.namespace, spec)
-    with _db_call(db.connect, target, MAINTENANCE_DB) as conn:
+    with _connect(target, MAINTENANCE_DB) as conn:
         db.ensure_ledger(conn)
         state = db.ledger_state(conn, ctx.uid, "swap")
         if state != "swapped":

@@ -1,0 +1,232 @@
+"""Database rollback end to end: real PostgreSQL, real Jobs (their pods run locally by the test
+bed's Job runner, standing in for the kubelet), the operator as a ServiceAccount.
+
+Each refusal asserts the production database is unchanged, by per-table checksums before and
+after, and that the Rollback ends with a reason a person can act on."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import subprocess
+
+import pytest
+from kubernetes import client
+
+from helpers import condition, get_rollback, kubectl_apply, wait_phase
+
+pytestmark = [pytest.mark.cluster, pytest.mark.postgres]
+
+TABLES = ["appointments", "users", "calendar_connections"]
+CLAIM = "db-backups"
+
+
+def checksums(postgres, dbname: str) -> dict[str, tuple[int, str]]:
+    out = {}
+    with postgres.connect(dbname) as conn:
+        for t in TABLES:
+            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (t,)).fetchone()[0]
+            if exists:
+                out[t] = conn.execute(
+                    f"SELECT count(*), coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM {t} x"
+                ).fetchone()
+    return out
+
+
+def add_rows(postgres, dbname: str, start: int, count: int) -> None:
+    with postgres.connect(dbname) as conn:
+        conn.execute("INSERT INTO users SELECT g, 'user' || g || '@example.com' FROM generate_series(%s::int, %s::int) g",
+                     (start, start + count - 1))
+        conn.execute("INSERT INTO appointments SELECT g, g, now() FROM generate_series(%s::int, %s::int) g",
+                     (start, start + count - 1))
+        conn.execute("INSERT INTO calendar_connections SELECT g, g, 'google', 'tok' || g FROM generate_series(%s::int, %s::int) g",
+                     (start, start + count - 1))
+        conn.commit()
+
+
+@pytest.fixture
+def booking_db(postgres, database):
+    """The live booking database, with rows written before the backup point."""
+    with postgres.connect(database) as conn:
+        conn.execute("CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL)")
+        conn.execute("CREATE TABLE appointments (id int PRIMARY KEY, user_id int REFERENCES users, at timestamptz)")
+        conn.execute("CREATE TABLE calendar_connections (id int PRIMARY KEY, user_id int REFERENCES users, "
+                     "provider text, access_token text)")
+        conn.commit()
+    add_rows(postgres, database, 1, 50)
+    return database
+
+
+def pg_bin(name: str) -> str:
+    from rewind_testbed.postgres import find_bindir
+    return str(find_bindir() / name)
+
+
+def make_dump(postgres, dbname: str, path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([pg_bin("pg_dump"), "-Fc", f"--dbname={postgres.dsn(dbname)}", "-f", str(path)],
+                   check=True, capture_output=True)
+
+
+def db_secret(api_client, namespace: str, url: str) -> None:
+    client.CoreV1Api(api_client).create_namespaced_secret(namespace, {
+        "metadata": {"name": "booking-db"},
+        "data": {"DATABASE_URL": base64.b64encode(url.encode()).decode()}})
+
+
+def db_rollback(name: str, path: str = "nightly/backup.dump", **database) -> dict:
+    spec = {"connection": {"secretRef": {"name": "booking-db", "key": "DATABASE_URL"}},
+            "restoreFrom": {"persistentVolumeClaim": {"claimName": CLAIM, "path": path}},
+            "verify": {"tables": TABLES}, "image": "postgres:16", **database}
+    return {"apiVersion": "rewind.dev/v1alpha1", "kind": "Rollback", "metadata": {"name": name},
+            "spec": {"severity": "High", "reason": "bad migration corrupted appointments",
+                     "database": spec}}
+
+
+@pytest.fixture
+def restricted(cluster, namespace):
+    """The namespace enforces Pod Security `restricted`: the Job pods must meet it."""
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    return namespace
+
+
+def database_names(postgres) -> set[str]:
+    with postgres.connect() as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+
+
+def test_database_rollback_restores_the_backup_and_keeps_the_old_database(
+        cluster, api_client, postgres, booking_db, job_runner, restricted, operator):
+    ns = restricted
+    backup = job_runner.create_pvc(ns, CLAIM) / "nightly" / "backup.dump"
+    make_dump(postgres, booking_db, backup)
+    at_backup = checksums(postgres, booking_db)
+    add_rows(postgres, booking_db, 1000, 7)      # written after the backup point
+    before = checksums(postgres, booking_db)
+    assert before != at_backup
+    db_secret(api_client, ns, postgres.dsn(booking_db))
+
+    kubectl_apply(cluster, ns, db_rollback("restore-db"))
+    rb = wait_phase(api_client, ns, "restore-db", {"Succeeded", "Failed", "Interrupted"}, timeout=180)
+    assert rb["status"]["phase"] == "Succeeded", (rb["status"], operator.output()[-4000:])
+    uid8 = rb["metadata"]["uid"].replace("-", "")[:8]
+    pre = rb["status"]["database"]["preRollbackDatabase"]
+    assert pre == f"{booking_db[:44]}_pre_{uid8}"
+
+    # The live name holds exactly the backup's rows; the old database is kept with the rest.
+    assert checksums(postgres, booking_db) == at_backup
+    assert checksums(postgres, pre) == before
+    assert f"{booking_db[:40]}_restore_{uid8}" not in database_names(postgres)
+
+    st = rb["status"]
+    assert [s["name"] for s in st["steps"]] == ["database/check", "database/backup", "database/restore",
+                                                "database/verify", "database/swap"]
+    assert all(s["state"] == "Succeeded" for s in st["steps"])
+    assert condition(rb, "DatabaseRestored")["status"] == "True"
+    assert condition(rb, "Ready")["status"] == "True"
+    assert condition(rb, "Verified")["status"] == "True"
+    assert {v["name"]: v["outcome"] for v in st["verification"]} == {
+        f"database/table/{t}": "Passed" for t in TABLES}
+    # Verification counted the staging database, i.e. the backup's rows.
+    assert next(v["detail"] for v in st["verification"] if v["name"].endswith("/users")) == \
+        "table users has 50 rows"
+    d = st["database"]
+    assert d["preRollbackDatabase"] == pre and d["liveDatabase"] == booking_db
+    assert d["backupSourceSha256"] == hashlib.sha256(backup.read_bytes()).hexdigest()
+    # The pre-rollback dump is real: it holds the rows from before, written after the backup.
+    dump = job_runner.pvc_dir(ns, CLAIM) / d["preRollbackBackup"].split(":", 1)[1]
+    assert d["preRollbackBackupSha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()
+    toc = subprocess.run([pg_bin("pg_restore"), "--list", str(dump)], check=True,
+                         capture_output=True, text=True).stdout
+    assert all(f"TABLE DATA public {t}" in toc for t in TABLES)
+    # Jobs are cleaned up after success.
+    jobs = client.BatchV1Api(api_client).list_namespaced_job(ns).items
+    assert [j.metadata.name for j in jobs if j.metadata.deletion_timestamp is None] == []
+    # No credential in the Rollback (status, annotations) or in any Job spec the operator wrote.
+    assert postgres.password not in str(get_rollback(api_client, ns, "restore-db"))
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "garbage", "truncated", "bitflip", "other-database",
+                                  "wrong-credentials", "unreachable", "verification"])
+def test_bad_backups_and_connections_leave_production_unchanged(
+        cluster, api_client, postgres, booking_db, job_runner, restricted, operator, case):
+    ns = restricted
+    pvc = job_runner.create_pvc(ns, CLAIM)
+    backup = pvc / "nightly" / "backup.dump"
+    make_dump(postgres, booking_db, backup)
+    url = postgres.dsn(booking_db)
+    spec = {}
+    expected_reason, fragment = {
+        "missing": ("BackupNotFound", "backup file not found: db-backups:nightly/nope.dump"),
+        "empty": ("BackupEmpty", "backup file is empty (0 bytes)"),
+        "garbage": ("BackupCorrupt", "not a readable pg_dump custom-format archive"),
+        "truncated": ("BackupCorrupt", "could not read from input file: end of file"),
+        # Flipped bits pass `pg_restore --list`; the trial restore into staging catches them.
+        "bitflip": ("BackupCorrupt", "pg_restore into"),
+        "other-database": ("BackupMismatch", "is a dump of database"),
+        "wrong-credentials": ("AuthenticationFailed", "refused the credentials"),
+        "unreachable": ("DatabaseUnreachable", "cannot connect to PostgreSQL"),
+        "verification": ("VerificationFailed", "table audit_log does not exist in the restored database"),
+    }[case]
+    path = "nightly/backup.dump"
+    if case == "missing":
+        path = "nightly/nope.dump"
+    elif case == "empty":
+        backup.write_bytes(b"")
+    elif case == "garbage":
+        backup.write_bytes(b"this is not a dump\n" * 100)
+    elif case == "truncated":
+        data = backup.read_bytes()
+        backup.write_bytes(data[: len(data) * 2 // 3])
+    elif case == "bitflip":
+        # In the compressed table data near the end (the table of contents stays readable).
+        data = bytearray(backup.read_bytes())
+        start = len(data) * 9 // 10
+        for i in range(start, min(start + 64, len(data))):
+            data[i] ^= 0xFF
+        backup.write_bytes(bytes(data))
+    elif case == "other-database":
+        other = f"{booking_db}_other"
+        postgres.create_database(other)
+        make_dump(postgres, other, backup)
+        postgres.drop_database(other)
+    elif case == "wrong-credentials":
+        url = postgres.dsn(booking_db, password="wrong-canary-password")
+    elif case == "unreachable":
+        url = f"postgresql://postgres:x@127.0.0.1:1/{booking_db}"
+    elif case == "verification":
+        spec = {"verify": {"tables": TABLES + ["audit_log"]}}
+    db_secret(api_client, ns, url)
+    before = checksums(postgres, booking_db)
+    names_before = database_names(postgres)
+
+    kubectl_apply(cluster, ns, db_rollback("bad-db", path, **spec))
+    rb = wait_phase(api_client, ns, "bad-db", {"Succeeded", "Failed", "Interrupted"}, timeout=180)
+    assert rb["status"]["phase"] == "Failed", str(rb["status"])
+    ready = condition(rb, "Ready")
+    assert ready["reason"] == expected_reason, (ready, operator.output()[-3000:])
+    assert fragment in ready["message"], ready["message"]
+    assert condition(rb, "Stalled")["status"] == "True"
+    # Production is exactly as it was, and still under its name.
+    assert checksums(postgres, booking_db) == before
+    uid8 = rb["metadata"]["uid"].replace("-", "")[:8]
+    assert f"{booking_db[:44]}_pre_{uid8}" not in database_names(postgres)
+    if case in ("bitflip", "verification"):
+        # The failed restore is kept for inspection, never dropped, never swapped in.
+        assert database_names(postgres) - names_before == {f"{booking_db[:40]}_restore_{uid8}"}
+    else:
+        assert database_names(postgres) == names_before
+    assert "wrong-canary-password" not in str(rb)
+
+
+def test_sql_injection_in_table_names_is_refused_at_apply_time(cluster, namespace, rollback_crd):
+    obj = db_rollback("inject", verify={"tables": ["users; DROP TABLE users; --"]})
+    out = kubectl_apply(cluster, namespace, obj, check=False)
+    assert out.returncode != 0
+    assert "spec.database.verify.tables[0]" in out.stderr
+
+
+def test_waiving_the_backup_needs_a_reason(cluster, namespace, rollback_crd):
+    out = kubectl_apply(cluster, namespace, db_rollback("nowaiver", preRollbackBackup=False), check=False)
+    assert out.returncode != 0
+    assert "preRollbackBackup may only be false with a waiveBackupReason" in out.stderr

@@ -101,6 +101,11 @@ class Operator:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the operator stops wherever it is, mid-step, until killed or thawed."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -115,13 +120,20 @@ class Operator:
 
 
 @pytest.fixture
-def operator(cluster, api_client, namespace, rollback_crd, operator_role, tmp_path):
-    """`rewind run` for the test's namespace, as a ServiceAccount with the shipped role."""
+def idle_operator(cluster, api_client, namespace, rollback_crd, operator_role, tmp_path):
+    """`rewind run` for the test's namespace, as a ServiceAccount with the shipped role; not
+    started yet (the test calls .start())."""
     kubeconfig = _operator_kubeconfig(cluster, api_client, namespace, operator_role,
                                       tmp_path / "operator.kubeconfig")
-    op = Operator(kubeconfig, namespace, tmp_path / "operator.log").start()
+    op = Operator(kubeconfig, namespace, tmp_path / "operator.log")
     print(f"operator log: {op.log}")
     yield op
     op.stop()
     if op.proc and op.proc.returncode not in (0, -signal.SIGKILL, -signal.SIGTERM):
         print(op.output()[-5000:])
+
+
+@pytest.fixture
+def operator(idle_operator):
+    """The operator, running."""
+    return idle_operator.start()

@@ -9,13 +9,12 @@ ledger from which a restarted operator continues without repeating a write. When
 
 from __future__ import annotations
 
-import datetime
 import logging
 
 from rewind import plan as planning
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import TERMINAL_PHASES, Phase, PlanStep, StepAction, StepRecord, StepState
-from rewind.context import Context, StepFailed, utcnow  # noqa: F401 - re-exported for handlers
+from rewind.context import Context, StepFailed
 from rewind.steps import database, workload
 
 log = logging.getLogger(__name__)
@@ -115,7 +114,7 @@ def _execute(ctx: Context) -> float | None:
         try:
             delay = STEP_KINDS[step.kind].advance(ctx, step, rec)
         except StepFailed as e:
-            return _fail_step(ctx, rec, e.reason, e.message)
+            return _fail_step(ctx, step, rec, e.reason, e.message)
         if delay is not None:
             return delay
 
@@ -131,12 +130,16 @@ def _check_deadline(ctx: Context) -> None:
         ctx.emit("Warning", C.DEADLINE_MISSED, msg)
 
 
-def _fail_step(ctx: Context, rec: StepRecord, reason: str, message: str) -> None:
-    rec.state = StepState.FAILED.value
+def _fail_step(ctx: Context, step: PlanStep, rec: StepRecord, reason: str, message: str) -> None:
+    """A step that failed, or whose outcome cannot be known (Interrupted: a person must look)."""
+    interrupted = reason == C.INTERRUPTED
+    rec.state = (StepState.INTERRUPTED if interrupted else StepState.FAILED).value
     rec.finished_at = ctx.clock()
     rec.message = message
-    ctx.condition(C.APPLICATION_RESTORED, "False", reason, message)
-    return _terminal(ctx, Phase.FAILED, reason, f"Step {rec.name} failed: {message}")
+    domain = C.APPLICATION_RESTORED if step.kind == "WorkloadRevision" else C.DATABASE_RESTORED
+    ctx.condition(domain, "False", reason, message)
+    return _terminal(ctx, Phase.INTERRUPTED if interrupted else Phase.FAILED, reason,
+                     f"Step {rec.name} {'was interrupted' if interrupted else 'failed'}: {message}")
 
 
 def _succeed(ctx: Context) -> None:

@@ -76,7 +76,7 @@ def cluster(bed_dir: Path) -> Cluster:
 
 @pytest.fixture(scope="session")
 def api_client(cluster: Cluster):
-    from kubernetes import client, config
+    from kubernetes import config
 
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
     yield api

@@ -3,8 +3,6 @@ ledger fence, and the atomic swap (never a moment without the live name)."""
 
 from __future__ import annotations
 
-import threading
-
 import psycopg
 import pytest
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
-from helpers import audit_writes, condition, get_rollback, kubectl_apply, rollback, wait_for, wait_phase
+from helpers import audit_writes, condition, kubectl_apply, rollback, wait_for, wait_phase
 
 pytestmark = pytest.mark.cluster
 

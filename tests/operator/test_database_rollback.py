@@ -6,94 +6,18 @@ after, and that the Rollback ends with a reason a person can act on."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import subprocess
 
 import pytest
 from kubernetes import client
 
+from dbhelpers import (
+    CLAIM, TABLES, add_rows, checksums, database_names, db_rollback, db_secret, make_dump, pg_bin,
+)
 from helpers import condition, get_rollback, kubectl_apply, wait_phase
 
 pytestmark = [pytest.mark.cluster, pytest.mark.postgres]
-
-TABLES = ["appointments", "users", "calendar_connections"]
-CLAIM = "db-backups"
-
-
-def checksums(postgres, dbname: str) -> dict[str, tuple[int, str]]:
-    out = {}
-    with postgres.connect(dbname) as conn:
-        for t in TABLES:
-            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (t,)).fetchone()[0]
-            if exists:
-                out[t] = conn.execute(
-                    f"SELECT count(*), coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM {t} x"
-                ).fetchone()
-    return out
-
-
-def add_rows(postgres, dbname: str, start: int, count: int) -> None:
-    with postgres.connect(dbname) as conn:
-        conn.execute("INSERT INTO users SELECT g, 'user' || g || '@example.com' FROM generate_series(%s::int, %s::int) g",
-                     (start, start + count - 1))
-        conn.execute("INSERT INTO appointments SELECT g, g, now() FROM generate_series(%s::int, %s::int) g",
-                     (start, start + count - 1))
-        conn.execute("INSERT INTO calendar_connections SELECT g, g, 'google', 'tok' || g FROM generate_series(%s::int, %s::int) g",
-                     (start, start + count - 1))
-        conn.commit()
-
-
-@pytest.fixture
-def booking_db(postgres, database):
-    """The live booking database, with rows written before the backup point."""
-    with postgres.connect(database) as conn:
-        conn.execute("CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL)")
-        conn.execute("CREATE TABLE appointments (id int PRIMARY KEY, user_id int REFERENCES users, at timestamptz)")
-        conn.execute("CREATE TABLE calendar_connections (id int PRIMARY KEY, user_id int REFERENCES users, "
-                     "provider text, access_token text)")
-        conn.commit()
-    add_rows(postgres, database, 1, 50)
-    return database
-
-
-def pg_bin(name: str) -> str:
-    from rewind_testbed.postgres import find_bindir
-    return str(find_bindir() / name)
-
-
-def make_dump(postgres, dbname: str, path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([pg_bin("pg_dump"), "-Fc", f"--dbname={postgres.dsn(dbname)}", "-f", str(path)],
-                   check=True, capture_output=True)
-
-
-def db_secret(api_client, namespace: str, url: str) -> None:
-    client.CoreV1Api(api_client).create_namespaced_secret(namespace, {
-        "metadata": {"name": "booking-db"},
-        "data": {"DATABASE_URL": base64.b64encode(url.encode()).decode()}})
-
-
-def db_rollback(name: str, path: str = "nightly/backup.dump", **database) -> dict:
-    spec = {"connection": {"secretRef": {"name": "booking-db", "key": "DATABASE_URL"}},
-            "restoreFrom": {"persistentVolumeClaim": {"claimName": CLAIM, "path": path}},
-            "verify": {"tables": TABLES}, "image": "postgres:16", **database}
-    return {"apiVersion": "rewind.dev/v1alpha1", "kind": "Rollback", "metadata": {"name": name},
-            "spec": {"severity": "High", "reason": "bad migration corrupted appointments",
-                     "database": spec}}
-
-
-@pytest.fixture
-def restricted(cluster, namespace):
-    """The namespace enforces Pod Security `restricted`: the Job pods must meet it."""
-    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
-    return namespace
-
-
-def database_names(postgres) -> set[str]:
-    with postgres.connect() as conn:
-        return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
-
 
 def test_database_rollback_restores_the_backup_and_keeps_the_old_database(
         cluster, api_client, postgres, booking_db, job_runner, restricted, operator):

@@ -154,3 +154,46 @@ def test_waiving_the_backup_needs_a_reason(cluster, namespace, rollback_crd):
     out = kubectl_apply(cluster, namespace, db_rollback("nowaiver", preRollbackBackup=False), check=False)
     assert out.returncode != 0
     assert "preRollbackBackup may only be false with a waiveBackupReason" in out.stderr
+
+
+def test_oauth_token_cleanup_runs_on_the_restored_data_before_it_goes_live(
+        cluster, api_client, postgres, booking_db, job_runner, restricted, operator):
+    ns = restricted
+    with postgres.connect(booking_db) as conn:
+        conn.execute("UPDATE calendar_connections SET provider = 'microsoft' WHERE id <= 10")
+        conn.commit()
+    make_dump(postgres, booking_db, job_runner.create_pvc(ns, CLAIM) / "nightly" / "backup.dump")
+    db_secret(api_client, ns, postgres.dsn(booking_db))
+    kubectl_apply(cluster, ns, db_rollback("revoke", afterRestore=[{
+        "name": "revoke-google", "action": "ClearOAuthTokens", "columns": ["access_token"],
+        "where": [{"column": "provider", "equals": "google"}]}]))
+    rb = wait_phase(api_client, ns, "revoke", {"Succeeded", "Failed", "Interrupted"}, timeout=180)
+    assert rb["status"]["phase"] == "Succeeded", str(rb["status"])
+    step = next(s for s in rb["status"]["steps"] if s["name"] == "database/action/revoke-google")
+    assert "cleared in 40 row(s) of calendar_connections" in step["message"]
+    names = [s["name"] for s in rb["status"]["steps"]]
+    assert names.index("database/action/revoke-google") < names.index("database/swap")
+
+    def tokens(dbname):
+        with postgres.connect(dbname) as conn:
+            return dict(conn.execute("SELECT provider, count(access_token) FROM calendar_connections "
+                                     "GROUP BY provider").fetchall())
+
+    assert tokens(booking_db) == {"google": 0, "microsoft": 10}
+    assert tokens(rb["status"]["database"]["preRollbackDatabase"]) == {"google": 40, "microsoft": 10}
+
+
+@pytest.mark.parametrize("action,fragment", [
+    ({"name": "x", "action": "ClearOAuthTokens", "columns": ["access_token = 'pwned' --"]},
+     "spec.database.afterRestore[0].columns[0]"),
+    ({"name": "x", "action": "ClearOAuthTokens", "table": "users; DROP TABLE users"},
+     "spec.database.afterRestore[0].table"),
+    ({"name": "x", "action": "RunSQL"}, 'spec.database.afterRestore[0].action: Unsupported value: "RunSQL"'),
+    ({"name": "x", "action": "ClearOAuthTokens", "where": [{"column": "1=1 OR provider", "equals": "x"}]},
+     "spec.database.afterRestore[0].where[0].column"),
+])
+def test_sql_actions_refuse_anything_but_identifiers_at_apply_time(cluster, namespace, rollback_crd,
+                                                                   action, fragment):
+    out = kubectl_apply(cluster, namespace, db_rollback("inject", afterRestore=[action]), check=False)
+    assert out.returncode != 0
+    assert fragment in out.stderr, out.stderr

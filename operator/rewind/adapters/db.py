@@ -217,3 +217,27 @@ def _swap(conn: psycopg.Connection, *, live: str, staging: str, pre: str, uid: s
         if cur.rowcount != 1:
             raise DatabaseError("Interrupted", "the restore ledger is not in the state the swap "
                                                "expects; nothing was renamed")
+
+
+def clear_columns(conn: psycopg.Connection, table: str, columns: list[str],
+                  filters: list[tuple[str, str]], timeout_seconds: int) -> int:
+    """UPDATE table SET col = NULL, ... WHERE f1 = $1 AND ...; in one transaction with a statement
+    timeout. Returns the number of rows changed."""
+    schema, _, name = table.rpartition(".")
+    target = sql.Identifier(schema or "public", name)
+    sets = sql.SQL(", ").join(sql.SQL("{} = NULL").format(sql.Identifier(c)) for c in columns)
+    where = sql.SQL(" AND ").join(sql.SQL("{}::text = %s").format(sql.Identifier(c)) for c, _ in filters) \
+        if filters else sql.SQL("true")
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(timeout_seconds * 1000)))
+        try:
+            cur = conn.execute(sql.SQL("UPDATE {} SET {} WHERE {}").format(target, sets, where),
+                               [v for _, v in filters])
+        except psycopg.errors.UndefinedTable:
+            raise DatabaseError("ActionFailed", f"table {table} does not exist in the restored database") from None
+        except psycopg.errors.UndefinedColumn as e:
+            raise DatabaseError("ActionFailed", f"{_first_line(str(e))} (table {table})") from None
+        except psycopg.errors.QueryCanceled:
+            raise DatabaseError("ActionFailed", f"the update of {table} ran past its statement "
+                                                f"timeout of {timeout_seconds}s") from None
+        return cur.rowcount

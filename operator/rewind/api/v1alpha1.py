@@ -116,6 +116,30 @@ class DatabaseVerify(_Model):
     min_rows: int = Field(0, ge=0, description="Each listed table must have at least this many rows.")
 
 
+class SqlActionKind(str, Enum):
+    CLEAR_OAUTH_TOKENS = "ClearOAuthTokens"
+
+
+class RowFilter(_Model):
+    column: str = Field(pattern=SQL_IDENTIFIER)
+    equals: str = Field(max_length=256, description="Compared as text; bound, never spliced.")
+
+
+class SqlAction(_Model):
+    """A named, parameterised action on the restored database before it goes live. No free-form
+    SQL: identifiers are validated here and quoted by the operator, values are bound."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
+    action: SqlActionKind = Field(description="ClearOAuthTokens: set the token columns to NULL.")
+    table: str = Field("calendar_connections", pattern=TABLE_NAME, max_length=127)
+    columns: list[Annotated[str, Field(pattern=SQL_IDENTIFIER, max_length=63)]] = Field(
+        default_factory=lambda: ["access_token", "refresh_token", "token_expires_at"],
+        min_length=1, max_length=16)
+    where: list[RowFilter] | None = Field(None, max_length=8,
+                                          description="Equality filters, all of which must hold.")
+    statement_timeout_seconds: int = Field(30, ge=1, le=600)
+
+
 class DatabaseSpec(_Model):
     """Restore the live PostgreSQL database from a backup, out of place, with a way back."""
 
@@ -132,6 +156,11 @@ class DatabaseSpec(_Model):
         None, description="Where the pre-rollback dump goes; default: the restoreFrom claim, "
                           "under rewind/<namespace>/<rollback>-<uid8>/pre-rollback.dump.")
     verify: DatabaseVerify | None = None
+    after_restore: list[SqlAction] | None = Field(
+        None, max_length=8,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="Actions on the restored database, in order, before it is swapped in "
+                    "(e.g. the seed's OAuth token clean-up).")
     image: str = Field("postgres:16", min_length=1, max_length=512,
                        description="PostgreSQL client image for the backup and restore Jobs.")
     terminate_connections: bool = Field(
@@ -194,6 +223,7 @@ class StepKind(str, Enum):
     DATABASE_BACKUP = "DatabaseBackup"
     DATABASE_RESTORE = "DatabaseRestore"
     DATABASE_VERIFY = "DatabaseVerify"
+    DATABASE_ACTION = "DatabaseAction"
     DATABASE_SWAP = "DatabaseSwap"
 
 

@@ -180,6 +180,9 @@ def resolve(kube: Kube, rollback: dict, spec: DatabaseSpec) -> list[PlanStep]:
     if spec.verify:
         steps.append(PlanStep(name="database/verify", kind=StepKind.DATABASE_VERIFY,
                               target=target_ref, action=StepAction.RESTORE))
+    for action in spec.after_restore or []:
+        steps.append(PlanStep(name=f"database/action/{action.name}", kind=StepKind.DATABASE_ACTION,
+                              target=target_ref, action=StepAction.RESTORE))
     steps.append(PlanStep(name="database/swap", kind=StepKind.DATABASE_SWAP, target=target_ref,
                           action=StepAction.RESTORE))
     return steps
@@ -381,6 +384,25 @@ def advance_verify(ctx: Context, step: PlanStep, rec: StepRecord) -> float | Non
     return None
 
 
+def advance_action(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+    """A named SQL action on the staging database (idempotent: running it twice changes nothing
+    more), before the swap, so production never serves what it removes."""
+    spec = _spec(ctx)
+    name = step.name.rsplit("/", 1)[-1]
+    action = next(a for a in spec.after_restore if a.name == name)
+    staging = staging_name(step.target.name, ctx.uid)
+    _begin(ctx, rec, f"Running {action.action} ({action.name}) on {action.table} in {staging}.")
+    target = connection(ctx.kube, ctx.namespace, spec)
+    filters = [(f.column, f.equals) for f in action.where or []]
+    with _connect(target, staging) as conn:
+        rows = _db_call(db.clear_columns, conn, action.table, action.columns, filters,
+                        action.statement_timeout_seconds)
+    where = " and ".join(f"{c} matches" for c, _ in filters) or "all rows"
+    _done(ctx, rec, f"{action.action} ({action.name}): {', '.join(action.columns)} cleared in "
+                    f"{rows} row(s) of {action.table} ({where}).", "ActionApplied")
+    return None
+
+
 def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
     spec = _spec(ctx)
     live = step.target.name
@@ -426,6 +448,7 @@ ADVANCE = {
     StepKind.DATABASE_BACKUP.value: advance_backup,
     StepKind.DATABASE_RESTORE.value: advance_restore,
     StepKind.DATABASE_VERIFY.value: advance_verify,
+    StepKind.DATABASE_ACTION.value: advance_action,
     StepKind.DATABASE_SWAP.value: advance_swap,
 }
 

@@ -1,9 +1,13 @@
 """Rewind's end-to-end demo on the local control plane (`make demo`).
 
-It brings up the cluster (building it the first time), installs the Rollback CRD, deploys the
-booking app's good release and then its bad one, starts the operator, applies the on-call
-engineer's Rollback, shows its progress live, and ends with `kubectl get rollbacks` and the
-Rollback's conditions. `--keep` leaves everything running afterwards for a look around.
+It brings up the cluster (building it the first time) and a PostgreSQL server, installs the
+Rollback CRD, deploys the booking app's good release with its database and last night's backup,
+then the bad release (and its bad migration), starts the operator, applies the on-call engineer's
+Rollback, shows its progress live, and ends with `kubectl get rollbacks`, the Rollback's
+conditions and what the database holds. `--keep` leaves everything running for a look around.
+
+Database Jobs run for real: with no container runtime here, the test bed's Job runner stands in
+for the kubelet and runs each Job pod's own command against the local PostgreSQL.
 """
 
 from __future__ import annotations
@@ -18,11 +22,23 @@ import time
 from pathlib import Path
 
 from rewind_testbed.cluster import ControlPlane, build_binaries
+from rewind_testbed.jobrunner import JobRunner
+from rewind_testbed.postgres import PostgresServer, find_bindir
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 NS = "booking"
 NAME = "booking-oauth-outage"
+DB = "appointmentbooking"
+COUNTS = """SELECT (SELECT count(*) FROM appointments), (SELECT count(*) FROM users),
+  (SELECT count(*) FROM calendar_connections WHERE access_token IS NOT NULL),
+  (SELECT count(*) FROM appointments WHERE starts_at <> timestamptz '2026-11-30 09:00Z' + id * interval '30 min')"""
+
+
+def db_summary(pg: PostgresServer, name: str) -> str:
+    with pg.connect(name) as conn:
+        a, u, t, moved = conn.execute(COUNTS).fetchone()
+    return f"{a} appointments ({moved} with shifted times), {u} users, {t} calendar tokens"
 
 
 def say(text: str = "") -> None:
@@ -76,10 +92,13 @@ def run(args) -> int:
     step("Building (first time only: about 11 minutes on 2 cores) and starting the local control plane")
     bin_dir = build_binaries()
     run_dir = Path(tempfile.mkdtemp(prefix="rewind-demo-"))
+    run_dir.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
     cp = ControlPlane.start(run_dir / "cluster", bin_dir)
-    operator = None
+    operator = pg = runner = None
     demo = Demo(cp)
     try:
+        pg = PostgresServer.start(run_dir / "postgres")
+        runner = JobRunner(str(cp.kubeconfig), run_dir / "jobs", find_bindir()).start()
         say(f"API server {cp.server} up in {cp.started_in:.1f}s; logs in {cp.log_dir}")
         demo.kubectl("get", "nodes")
 
@@ -94,11 +113,29 @@ def run(args) -> int:
                      f"--from-literal=client-secret={secrets.token_urlsafe(24)}")
         demo.kubectl("apply", "-f", str(HERE / "app-v2.3.0.yaml"))
         demo.kubectl("rollout", "status", "deployment/appointmentbooking", "-n", NS, "--timeout=120s")
+        pg.create_database(DB)
+        with pg.connect(DB) as conn:
+            conn.execute((HERE / "schema.sql").read_text())
+            conn.commit()
+        # The database's credentials go into a Secret, as the app reads them; never printed.
+        demo.kubectl("create", "secret", "generic", "booking-db", "-n", NS,
+                     f"--from-literal=DATABASE_URL={pg.dsn(DB)}", show=False)
+        say("$ kubectl create secret generic booking-db -n booking --from-literal=DATABASE_URL=...")
+        backups = runner.create_pvc(NS, "db-backups") / "nightly"
+        backups.mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(find_bindir() / "pg_dump"), "-Fc", f"--dbname={pg.dsn(DB)}",
+                        "-f", str(backups / f"{DB}.dump")], check=True)
+        say(f"Database {DB}: {db_summary(pg, DB)}; the nightly backup is on PVC db-backups "
+            f"at nightly/{DB}.dump.")
 
         step("Release 2.4.0 goes out and breaks OAuth sign-in")
         demo.kubectl("apply", "-f", str(HERE / "app-v2.4.0-bad.yaml"))
         demo.kubectl("rollout", "status", "deployment/appointmentbooking", "-n", NS, "--timeout=120s")
         demo.kubectl("rollout", "history", "deployment/appointmentbooking", "-n", NS)
+        with pg.connect(DB) as conn:
+            conn.execute((HERE / "bad-migration.sql").read_text())
+            conn.commit()
+        say(f"After the bad migration, {DB} holds {db_summary(pg, DB)}.")
 
         step("Starting the Rewind operator (rewind run)")
         log = run_dir / "operator.log"
@@ -121,8 +158,23 @@ def run(args) -> int:
         say("\nConditions:")
         for c in rb["status"]["conditions"]:
             say(f"  {c['type']:<20} {c['status']:<6} {c['reason']:<22} {c['message']}")
-        say("\nWhat changed (status.plan[0].diff):")
-        say(rb["status"]["plan"][0].get("diff") or "  (nothing)")
+        say("\nSteps (status.steps):")
+        for s in rb["status"]["steps"]:
+            say(f"  {s['name']:<34} {s['state']:<10} {s.get('message', '')}")
+        say("\nVerification (status.verification):")
+        for v in rb["status"].get("verification", []):
+            say(f"  {v['name']:<40} {v['outcome']:<7} {v.get('detail', '')}")
+        database = rb["status"].get("database") or {}
+        if database.get("preRollbackDatabase"):
+            say(f"\nDatabase {DB} now holds {db_summary(pg, DB)}.")
+            say(f"The previous {DB} is kept as {database['preRollbackDatabase']}: "
+                f"{db_summary(pg, database['preRollbackDatabase'])}.")
+            say(f"Pre-rollback dump: {database.get('preRollbackBackup')} "
+                f"({database.get('preRollbackBackupBytes')} bytes).")
+        workload = next((s for s in rb["status"]["plan"] if s["kind"] == "WorkloadRevision"), None)
+        if workload:
+            say("\nWhat changed in the Deployment (status.plan[].diff):")
+            say(workload.get("diff") or "  (nothing)")
         demo.kubectl("get", "deployment", "appointmentbooking", "-n", NS, "-o",
                      "jsonpath={.spec.template.spec.containers[0].image}{'\\n'}")
         demo.kubectl("rollout", "history", "deployment/appointmentbooking", "-n", NS)
@@ -145,6 +197,10 @@ def run(args) -> int:
         if operator:
             operator.terminate()
             operator.wait(timeout=15)
+        if runner:
+            runner.stop()
+        if pg:
+            pg.stop()
         cp.stop()
 
 

@@ -89,12 +89,15 @@ class PostgresServer:
             shutil.chown(run_dir, user)
             shutil.chown(data, user)
             shutil.chown(pwfile, user)
-        subprocess.run(
+        init = subprocess.run(
             [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", f"--pwfile={pwfile}",
              "--auth-host=scram-sha-256", "--auth-local=peer", "-E", "UTF8",
              "--locale=C.UTF-8", "--no-sync"],
-            check=True, capture_output=True, user=user,
+            capture_output=True, text=True, user=user,
         )
+        if init.returncode != 0:
+            raise RuntimeError(f"initdb failed ({init.returncode}); every parent of {run_dir} must "
+                               f"be reachable by the {user or 'current'} user: {init.stderr.strip()}")
         pwfile.unlink()
         port = free_port()
         server = cls(data_dir=data, port=port, password=password)

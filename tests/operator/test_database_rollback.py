@@ -7,6 +7,7 @@ after, and that the Rollback ends with a reason a person can act on."""
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 
 import pytest
@@ -25,6 +26,9 @@ def test_database_rollback_restores_the_backup_and_keeps_the_old_database(
     backup = job_runner.create_pvc(ns, CLAIM) / "nightly" / "backup.dump"
     make_dump(postgres, booking_db, backup)
     at_backup = checksums(postgres, booking_db)
+    # The backup's manifest (as a nightly backup job would write it): verification compares.
+    backup.with_name(backup.name + ".manifest.json").write_text(json.dumps(
+        {"tables": {t: count for t, (count, _) in at_backup.items()}}))
     add_rows(postgres, booking_db, 1000, 7)      # written after the backup point
     before = checksums(postgres, booking_db)
     assert before != at_backup
@@ -51,9 +55,9 @@ def test_database_rollback_restores_the_backup_and_keeps_the_old_database(
     assert condition(rb, "Verified")["status"] == "True"
     assert {v["name"]: v["outcome"] for v in st["verification"]} == {
         f"database/table/{t}": "Passed" for t in TABLES}
-    # Verification counted the staging database, i.e. the backup's rows.
+    # Verification counted the staging database, i.e. the backup's rows, against the manifest.
     assert next(v["detail"] for v in st["verification"] if v["name"].endswith("/users")) == \
-        "table users has 50 rows"
+        "table users has 50 rows, as the backup's manifest says"
     d = st["database"]
     assert d["preRollbackDatabase"] == pre and d["liveDatabase"] == booking_db
     assert d["backupSourceSha256"] == hashlib.sha256(backup.read_bytes()).hexdigest()
@@ -71,6 +75,7 @@ def test_database_rollback_restores_the_backup_and_keeps_the_old_database(
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "garbage", "truncated", "bitflip", "other-database",
+                                  "manifest-mismatch", "manifest-invalid",
                                   "wrong-credentials", "unreachable", "verification"])
 def test_bad_backups_and_connections_leave_production_unchanged(
         cluster, api_client, postgres, booking_db, job_runner, restricted, operator, case):
@@ -91,6 +96,8 @@ def test_bad_backups_and_connections_leave_production_unchanged(
         "wrong-credentials": ("AuthenticationFailed", "refused the credentials"),
         "unreachable": ("DatabaseUnreachable", "cannot connect to PostgreSQL"),
         "verification": ("VerificationFailed", "table audit_log does not exist in the restored database"),
+        "manifest-mismatch": ("VerificationFailed", "table appointments has 50 rows; the backup's manifest says 51"),
+        "manifest-invalid": ("BackupManifestInvalid", "is not a manifest of the form"),
     }[case]
     path = "nightly/backup.dump"
     if case == "missing":
@@ -120,6 +127,10 @@ def test_bad_backups_and_connections_leave_production_unchanged(
         url = f"postgresql://postgres:x@127.0.0.1:1/{booking_db}"
     elif case == "verification":
         spec = {"verify": {"tables": TABLES + ["audit_log"]}}
+    elif case == "manifest-mismatch":
+        backup.with_name(backup.name + ".manifest.json").write_text('{"tables": {"appointments": 51}}')
+    elif case == "manifest-invalid":
+        backup.with_name(backup.name + ".manifest.json").write_text('{"tables": {"appointments": "lots"}}')
     db_secret(api_client, ns, url)
     before = checksums(postgres, booking_db)
     names_before = database_names(postgres)
@@ -135,7 +146,7 @@ def test_bad_backups_and_connections_leave_production_unchanged(
     assert checksums(postgres, booking_db) == before
     uid8 = rb["metadata"]["uid"].replace("-", "")[:8]
     assert f"{booking_db[:44]}_pre_{uid8}" not in database_names(postgres)
-    if case in ("bitflip", "verification"):
+    if case in ("bitflip", "verification", "manifest-mismatch"):
         # The failed restore is kept for inspection, never dropped, never swapped in.
         assert database_names(postgres) - names_before == {f"{booking_db[:40]}_restore_{uid8}"}
     else:

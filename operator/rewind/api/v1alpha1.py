@@ -297,6 +297,8 @@ class DatabaseStatus(_Model):
     pre_rollback_database: str | None = Field(None, description="The old live database, kept aside.")
     backup_source: str | None = None
     backup_source_sha256: str | None = None
+    backup_row_counts: dict[str, int] | None = Field(
+        None, description="Row counts from the backup's manifest, compared by verification.")
     pre_rollback_backup: str | None = Field(None, description="claim:path of the pre-rollback dump.")
     pre_rollback_backup_sha256: str | None = None
     pre_rollback_backup_bytes: int | None = None

@@ -19,6 +19,7 @@ exactly what happened, or stops as Interrupted when it cannot know.
 from __future__ import annotations
 
 import base64
+import json
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -44,7 +45,12 @@ pg_restore --list "$DUMP_PATH" > /tmp/toc 2> /tmp/err || fail 12 "not a readable
 db=$(sed -n 's/^;[[:space:]]*dbname: //p' /tmp/toc | head -n 1)
 sum=$(sha256sum "$DUMP_PATH" | cut -d ' ' -f 1)
 size=$(wc -c < "$DUMP_PATH" | tr -d ' ')
-printf '{"dbname":"%s","sha256":"%s","bytes":%s}' "$db" "$sum" "$size" > /dev/termination-log
+manifest=""
+if [ -f "$DUMP_PATH.manifest.json" ]; then
+  [ "$(wc -c < "$DUMP_PATH.manifest.json")" -le 2048 ] || fail 13 "the backup's manifest is larger than 2 KiB: $DUMP_REF.manifest.json"
+  manifest=$(base64 < "$DUMP_PATH.manifest.json" | tr -d '\n')
+fi
+printf '{"dbname":"%s","sha256":"%s","bytes":%s,"manifest":"%s"}' "$db" "$sum" "$size" "$manifest" > /dev/termination-log
 """
 
 BACKUP_SCRIPT = r"""set -eu
@@ -257,16 +263,37 @@ def advance_check(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None
         reason = {10: "BackupNotFound", 11: "BackupEmpty", 12: "BackupCorrupt"}.get(outcome.exit_code, "BackupCheckFailed")
         raise StepFailed(reason, f"{outcome.message or 'the backup check Job failed'}; nothing was changed")
     result = outcome.result()
+    if "sha256" not in result:
+        raise StepFailed("BackupCheckFailed", "the backup check Job reported no result; nothing was changed")
     live = step.target.name
     if result.get("dbname") and result["dbname"] != live:
         raise StepFailed("BackupMismatch", f"the backup {ref} is a dump of database "
                                            f"{result['dbname']!r}, not of {live!r}; nothing was changed")
     st = _dbstatus(ctx)
     st.live_database, st.backup_source, st.backup_source_sha256 = live, ref, result.get("sha256")
+    st.backup_row_counts = _manifest_counts(result.get("manifest") or "", ref)
     jobs.delete_job(ctx.kube, ctx.namespace, step.job_name)
     _done(ctx, rec, f"The backup {ref} is a pg_dump archive of {live} "
                     f"({result.get('bytes')} bytes, sha256 {str(result.get('sha256'))[:12]}...).", "BackupChecked")
     return None
+
+
+def _manifest_counts(encoded: str, ref: str) -> dict[str, int] | None:
+    """Row counts from the backup's optional manifest (`<dump>.manifest.json`:
+    {"tables": {"appointments": 400, ...}}), which verification compares against."""
+    if not encoded:
+        return None
+    try:
+        manifest = json.loads(base64.b64decode(encoded))
+        tables = manifest["tables"]
+        if not isinstance(tables, dict) or not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for k, v in tables.items()):
+            raise ValueError
+        return dict(tables)
+    except (ValueError, KeyError, TypeError):
+        raise StepFailed("BackupManifestInvalid", f"{ref}.manifest.json is not a manifest of the form "
+                         '{"tables": {"<table>": <rows>, ...}}; nothing was changed') from None
 
 
 def advance_backup(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
@@ -358,17 +385,23 @@ def advance_verify(ctx: Context, step: PlanStep, rec: StepRecord) -> float | Non
     staging = staging_name(step.target.name, ctx.uid)
     _begin(ctx, rec, f"Verifying the staging database {staging}.")
     target = connection(ctx.kube, ctx.namespace, spec)
+    expected = (ctx.status.database.backup_row_counts if ctx.status.database else None) or {}
+    tables = list(dict.fromkeys([*spec.verify.tables, *sorted(expected)]))
     with _connect(target, staging) as conn:
-        counts = db.table_counts(conn, spec.verify.tables)
+        counts = db.table_counts(conn, tables)
     now = ctx.clock()
     results, failures = [], []
     for table, count in counts.items():
+        want = expected.get(table)
         if count is None:
             outcome, detail = "Failed", f"table {table} does not exist in the restored database"
+        elif want is not None and count != want:
+            outcome, detail = "Failed", f"table {table} has {count} rows; the backup's manifest says {want}"
         elif count < spec.verify.min_rows:
             outcome, detail = "Failed", f"table {table} has {count} rows, fewer than {spec.verify.min_rows}"
         else:
-            outcome, detail = "Passed", f"table {table} has {count} rows"
+            outcome, detail = "Passed", f"table {table} has {count} rows" + (
+                ", as the backup's manifest says" if want is not None else "")
         results.append(VerificationResult(name=f"database/table/{table}", kind="SQL",
                                           outcome=outcome, detail=detail, checked_at=now))
         if outcome == "Failed":

@@ -8,16 +8,12 @@ from typing import Callable
 
 from rewind.adapters.kube import Kube
 from rewind.api import conditions as C
+from rewind.api.errors import ReasonedError
 from rewind.api.v1alpha1 import Condition, Rollback
 
 
-class StepFailed(Exception):
-    """A step cannot go on; the rollback fails with this reason and message."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+class StepFailed(ReasonedError):
+    """A step (or its preflight) cannot go on; the rollback fails with this reason and message."""
 
 
 def utcnow() -> datetime.datetime:

@@ -46,7 +46,7 @@ def _plan(ctx: Context) -> float | None:
     ctx.emit("Normal", "Planning", f"{spec.severity} rollback requested: {spec.reason}")
 
     resolved: dict[str, PlanStep] = {}
-    problems: list[workload.PreflightError | StepFailed] = []
+    problems: list[StepFailed] = []
     database_steps: list[PlanStep] = []
     if spec.database:
         try:
@@ -57,7 +57,7 @@ def _plan(ctx: Context) -> float | None:
         try:
             r = workload.resolve(ctx.kube, ctx.namespace, target)
             resolved[r.step.name] = r.step
-        except workload.PreflightError as e:
+        except StepFailed as e:
             problems.append(e)
     if problems:
         message = "Preflight refused the rollback; nothing was changed: " + \

@@ -18,7 +18,7 @@ def test_previous_is_second_highest_like_kubectl():
     ([2, 3], 1, "revision 1 not found (revisions kept: 2, 3)"),
 ])
 def test_unknown_or_pruned_revision(available, wanted, fragment):
-    with pytest.raises(w.PreflightError) as err:
+    with pytest.raises(w.StepFailed) as err:
         w.choose_revision(available, wanted)
     assert err.value.reason == C.REVISION_NOT_FOUND
     assert fragment in err.value.message

@@ -16,17 +16,16 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from rewind.api.errors import ReasonedError
+
 CONNECT_TIMEOUT = 10
 STATEMENT_TIMEOUT_MS = 30_000
 LEDGER_SCHEMA = "rewind"
 LEDGER_TABLE = "restore_ledger"
 
 
-class DatabaseError(Exception):
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+class DatabaseError(ReasonedError):
+    """PostgreSQL refused or failed; the message names host, port, user and database only."""
 
 
 @dataclass(frozen=True)

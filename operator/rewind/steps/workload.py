@@ -57,15 +57,6 @@ ROLLOUT_POLL_SECONDS = 1.0
 MAX_DIFF_CHARS = 8000
 
 
-class PreflightError(Exception):
-    """The step cannot be planned; nothing was changed."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
 @dataclass(frozen=True)
 class Kind:
     name: str
@@ -106,12 +97,12 @@ def choose_revision(available: list[int], wanted: int | str) -> int:
     listing = ", ".join(map(str, revisions)) or "none"
     if wanted == PREVIOUS:
         if len(revisions) < 2:
-            raise PreflightError(C.REVISION_NOT_FOUND,
+            raise StepFailed(C.REVISION_NOT_FOUND,
                                  f"there is no previous revision (revisions kept: {listing}); "
                                  "revisionHistoryLimit may have pruned older ones")
         return revisions[-2]
     if wanted not in revisions:
-        raise PreflightError(C.REVISION_NOT_FOUND,
+        raise StepFailed(C.REVISION_NOT_FOUND,
                              f"revision {wanted} not found (revisions kept: {listing}); "
                              "it may never have existed or was pruned by revisionHistoryLimit")
     return int(wanted)
@@ -272,18 +263,18 @@ def _read(kube: Kube, kind: Kind, namespace: str, name: str) -> dict:
         return kube.get(kind.resource, namespace, name)
     except KubeError as e:
         if e.not_found:
-            raise PreflightError(C.TARGET_NOT_FOUND,
+            raise StepFailed(C.TARGET_NOT_FOUND,
                                  f"{kind.name} {namespace}/{name} does not exist") from None
         if e.forbidden:
-            raise PreflightError(C.FORBIDDEN, f"the operator may not read {kind.name} "
+            raise StepFailed(C.FORBIDDEN, f"the operator may not read {kind.name} "
                                               f"{namespace}/{name}: {e.message}") from None
         raise
 
 
 def resolve(kube: Kube, namespace: str, target: WorkloadTarget) -> Resolved:
-    """Preflight for one workload; raises PreflightError. Reads only."""
+    """Preflight for one workload; raises StepFailed. Reads only."""
     if target.namespace and target.namespace != namespace:
-        raise PreflightError(
+        raise StepFailed(
             C.NAMESPACE_NOT_ALLOWED,
             f"{target.kind} {target.namespace}/{target.name} is in another namespace; a Rollback "
             f"only touches its own namespace ({namespace}). Create the Rollback in "
@@ -291,11 +282,11 @@ def resolve(kube: Kube, namespace: str, target: WorkloadTarget) -> Resolved:
     kind = KINDS[target.kind]
     current = _read(kube, kind, namespace, target.name)
     if kind.name == "Deployment" and current.get("spec", {}).get("paused"):
-        raise PreflightError(C.WORKLOAD_PAUSED,
+        raise StepFailed(C.WORKLOAD_PAUSED,
                              f"Deployment {namespace}/{target.name} is paused; resume it first "
                              f"(kubectl rollout resume deployment/{target.name}), as kubectl requires")
     if not kube.can_i(namespace, "patch", kind.resource):
-        raise PreflightError(C.FORBIDDEN, f"the operator may not patch {kind.resource.plural} in "
+        raise StepFailed(C.FORBIDDEN, f"the operator may not patch {kind.resource.plural} in "
                                           f"{namespace}; grant it the rewind-operator role there")
     history = [h for h in kube.list(kind.history, namespace) if is_controlled_by(h, current)]
     by_revision: dict[int, dict] = {}
@@ -304,7 +295,7 @@ def resolve(kube: Kube, namespace: str, target: WorkloadTarget) -> Resolved:
         if rev is not None:
             by_revision[rev] = h
     if not by_revision:
-        raise PreflightError(C.REVISION_NOT_FOUND,
+        raise StepFailed(C.REVISION_NOT_FOUND,
                              f"{kind.name} {namespace}/{target.name} has no rollout history")
     wanted = choose_revision(list(by_revision), target.to_revision)
     history_obj = by_revision[wanted]
@@ -325,13 +316,6 @@ def resolve(kube: Kube, namespace: str, target: WorkloadTarget) -> Resolved:
     return Resolved(step, history_obj, current)
 
 
-class ApplyError(Exception):
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
 def written_by_us(obj: dict, step: PlanStep, rollback_uid: str) -> bool:
     marker = (obj["metadata"].get("annotations") or {}).get(RESTORED_BY_ANNOTATION)
     return marker == rollback_uid and template_hash(obj["spec"]["template"]) == step.template_hash
@@ -339,7 +323,7 @@ def written_by_us(obj: dict, step: PlanStep, rollback_uid: str) -> bool:
 
 def apply(kube: Kube, namespace: str, step: PlanStep, rollback_uid: str) -> str:
     """Writes the restored template once. Returns how: "patched", or "adopted" when our earlier
-    write is already there (after a crash). Raises ApplyError when it must not or cannot write.
+    write is already there (after a crash). Raises StepFailed when it must not or cannot write.
 
     The spec must be as it was at planning (same metadata.generation: status updates by the
     controller do not count), and the write itself is guarded by the resourceVersion just read."""
@@ -349,15 +333,15 @@ def apply(kube: Kube, namespace: str, step: PlanStep, rollback_uid: str) -> str:
         if written_by_us(current, step, rollback_uid):
             return "adopted"
         if current["metadata"].get("generation") != step.observed_generation:
-            raise ApplyError(C.CONFLICT, _changed_message(kind.name, namespace, step, current))
+            raise StepFailed(C.CONFLICT, _changed_message(kind.name, namespace, step, current))
         history = [h for h in kube.list(kind.history, namespace)
                    if is_controlled_by(h, current) and history_revision(kind.name, h) == step.to_revision]
         if not history:
-            raise ApplyError(C.REVISION_NOT_FOUND, f"revision {step.to_revision} of {kind.name} "
+            raise StepFailed(C.REVISION_NOT_FOUND, f"revision {step.to_revision} of {kind.name} "
                                                    f"{namespace}/{step.target.name} disappeared after planning")
         template = template_of_history(kind.name, history[0])
         if template_hash(template) != step.template_hash:
-            raise ApplyError(C.CONFLICT, f"revision {step.to_revision} of {kind.name} "
+            raise StepFailed(C.CONFLICT, f"revision {step.to_revision} of {kind.name} "
                                          f"{namespace}/{step.target.name} changed after planning; "
                                          "nothing was written")
         body, content_type = build_patch(kind.name, history[0], current, template, rollback_uid)
@@ -368,13 +352,13 @@ def apply(kube: Kube, namespace: str, step: PlanStep, rollback_uid: str) -> str:
             if e.conflict or e.status == 422 and "test" in e.message.lower():
                 continue  # the object changed between our read and our write: read again
             if e.forbidden:
-                raise ApplyError(C.FORBIDDEN, f"the operator may not patch {kind.name} "
+                raise StepFailed(C.FORBIDDEN, f"the operator may not patch {kind.name} "
                                               f"{namespace}/{step.target.name}: {e.message}") from None
             if e.not_found:
-                raise ApplyError(C.TARGET_NOT_FOUND, f"{kind.name} {namespace}/{step.target.name} "
+                raise StepFailed(C.TARGET_NOT_FOUND, f"{kind.name} {namespace}/{step.target.name} "
                                                      "was deleted after planning") from None
             raise
-    raise ApplyError(C.CONFLICT, f"{kind.name} {namespace}/{step.target.name} kept changing while "
+    raise StepFailed(C.CONFLICT, f"{kind.name} {namespace}/{step.target.name} kept changing while "
                                  "Rewind tried to write it; nothing was written")
 
 
@@ -383,7 +367,7 @@ def _get_for_apply(kube: Kube, kind: Kind, namespace: str, step: PlanStep) -> di
         return kube.get(kind.resource, namespace, step.target.name)
     except KubeError as e:
         if e.not_found:
-            raise ApplyError(C.TARGET_NOT_FOUND, f"{kind.name} {namespace}/{step.target.name} "
+            raise StepFailed(C.TARGET_NOT_FOUND, f"{kind.name} {namespace}/{step.target.name} "
                                                  "was deleted after planning") from None
         raise
 
@@ -436,10 +420,7 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
         ctx.save()   # intent, before the write
 
     if rec.state == StepState.RUNNING.value:
-        try:
-            how = apply(ctx.kube, ctx.namespace, step, ctx.uid)
-        except ApplyError as e:
-            raise StepFailed(e.reason, e.message) from None
+        how = apply(ctx.kube, ctx.namespace, step, ctx.uid)
         rec.state = StepState.WAITING.value
         done = "was already patched" if how == "adopted" else "patched"
         rec.message = f"{what} {done} to revision {step.to_revision}'s template; waiting for the rollout."

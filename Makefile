@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap test unit demo cluster crd clean
+.PHONY: bootstrap test unit demo cluster crd clean bench
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -15,6 +15,9 @@ unit: bootstrap  ## tests that need no cluster and no database
 
 demo: bootstrap  ## the end-to-end demo: the booking app rolled back on the local control plane
 	$(PY) examples/booking/demo.py
+
+bench: bootstrap  ## benchmarks (not tests): Rewind against the manual alternative, side by side
+	$(PY) bench/db_restore.py
 
 cluster: bootstrap  ## start the local control plane in the foreground; prints how to use kubectl
 	.venv/bin/rewind-testbed up

@@ -110,7 +110,10 @@ def _execute(ctx: Context) -> float | None:
         ctx.status.progress = planning.progress(ctx.status.steps)
         if rec.state in (StepState.FAILED.value, StepState.INTERRUPTED.value):
             # Recorded as failed but the phase is not terminal yet (a crash in between).
-            return _terminal(ctx, Phase.FAILED, C.INTERRUPTED, rec.message or "A step failed.")
+            interrupted = rec.state == StepState.INTERRUPTED.value
+            return _terminal(ctx, Phase.INTERRUPTED if interrupted else Phase.FAILED,
+                             C.INTERRUPTED if interrupted else C.STEP_FAILED,
+                             rec.message or f"Step {rec.name} failed.")
         try:
             delay = STEP_KINDS[step.kind].advance(ctx, step, rec)
         except StepFailed as e:
@@ -158,17 +161,35 @@ def _succeed(ctx: Context) -> None:
                       f"Every workload runs its wanted revision: {parts[-1]}.")
     message = "Rolled back: " + "; ".join(parts) + "."
     checks = ctx.status.verification
-    if all(v.outcome == "Passed" for v in checks):
-        verified = (["every workload runs its wanted revision's template and is available"] if workloads else []) \
-            + ([f"{len(checks)} check(s) passed"] if checks else [])
+    verified = (["every restored workload runs its wanted revision's template and is available"]
+                if any(r.state == StepState.SUCCEEDED.value for r in ctx.status.steps
+                       if r.name.startswith(("deployment/", "statefulset/", "daemonset/"))) else []) \
+        + ([f"{len(checks)} check(s) passed"] if checks else [])
+    if not verified:
+        ctx.condition(C.VERIFIED, "Unknown", C.NO_CHECKS, "Nothing was verified: no workload was "
+                      "restored and the spec lists no checks (spec.database.verify).")
+    elif all(v.outcome == "Passed" for v in checks):
         ctx.condition(C.VERIFIED, "True", C.WORKLOADS_AVAILABLE if not checks else C.CHECKS_PASSED,
                       "Verified: " + "; ".join(verified) + ".")
     return _terminal(ctx, Phase.SUCCEEDED, C.SUCCEEDED, message, ready=True)
 
 
-def fail(ctx: Context, reason: str, message: str) -> None:
-    """Ends the rollback as Failed (for errors outside any step's own handling)."""
-    return _terminal(ctx, Phase.FAILED, reason, message)
+def give_up(ctx: Context, message: str) -> None:
+    """Ends the rollback after repeated errors outside any step's own handling. A step caught
+    mid-way (Running: its side effect may or may not have happened) makes it Interrupted."""
+    if ctx.status.phase in TERMINAL_PHASES:
+        return None
+    running = [r for r in ctx.status.steps if r.state == StepState.RUNNING.value]
+    for rec in running:
+        rec.state = StepState.INTERRUPTED.value
+        rec.finished_at = ctx.clock()
+        rec.message = f"Interrupted: {message}"
+    if running:
+        return _terminal(ctx, Phase.INTERRUPTED, C.INTERRUPTED,
+                         f"Step {running[0].name} was interrupted: {message} Check its target, "
+                         "then create a new Rollback; the step ledger in status shows how far it got.")
+    return _terminal(ctx, Phase.FAILED, C.OPERATOR_ERROR,
+                     f"{message} The step ledger in status shows how far the rollback got.")
 
 
 def _terminal(ctx: Context, phase: Phase, reason: str, message: str, ready: bool = False) -> None:
@@ -185,7 +206,8 @@ def _terminal(ctx: Context, phase: Phase, reason: str, message: str, ready: bool
         within = ready and now <= ctx.status.deadline
         ctx.status.within_target = within
         ctx.condition(C.WITHIN_TARGET, "True" if within else "False",
-                      C.DEADLINE_MET if within else C.DEADLINE_MISSED,
+                      C.DEADLINE_MET if within else C.DEADLINE_MISSED if ready or now > ctx.status.deadline
+                      else C.NOT_COMPLETED,
                       f"Finished in {ctx.status.duration}; the {ctx.rollback.spec.severity} target "
                       f"is {planning.format_duration(planning.DEADLINES[ctx.rollback.spec.severity])}."
                       if ready else "The rollback did not complete.")

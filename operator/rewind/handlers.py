@@ -16,13 +16,12 @@ import kopf
 
 from rewind import engine
 from rewind.adapters.kube import MERGE_PATCH, ROLLBACKS, Kube, KubeError, Resource, load_api_client
-from rewind.api import conditions as C
 from rewind.api.v1alpha1 import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
 EVENTS = Resource("", "v1", "events")
-MAX_API_RETRIES = 20
+MAX_CONSECUTIVE_ERRORS = 12   # with backoff 2, 4, ... 30 s: about five minutes
 _state: dict[str, Kube] = {}
 
 
@@ -95,38 +94,56 @@ def _saver(k: Kube, namespace: str, name: str, obj: dict):
     return save
 
 
+# Consecutive unexpected errors per Rollback UID, reset whenever the engine gets through a call.
+# (kopf's own `retry` counts every TemporaryError, waiting included, so it cannot be used here.)
+_errors: dict[str, int] = {}
+
+
+def _describe(e: Exception) -> str:
+    """What went wrong, for status: the type and the first line only (never a whole server text)."""
+    if isinstance(e, KubeError):
+        return f"the Kubernetes API answered {e.status} {e.reason}".strip()
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="rollback-resume")
 @kopf.on.create(GROUP, VERSION, PLURAL, id="rollback")
-def drive(namespace: str, name: str, retry: int, **_) -> None:
+def drive(namespace: str, name: str, **_) -> None:
     k = kube()
     try:
         obj = k.get(ROLLBACKS, namespace, name)
     except KubeError as e:
         if e.not_found:
             return
-        raise kopf.TemporaryError(f"cannot read the Rollback: {e}", delay=2) from None
+        raise kopf.TemporaryError(f"cannot read the Rollback: {_describe(e)}", delay=2) from None
+    uid = obj["metadata"]["uid"]
     ctx = engine.Context(k, obj, _saver(k, namespace, name, obj), _emitter(k, obj))
     try:
         delay = engine.advance(ctx)
     except kopf.TemporaryError:
         raise
-    except KubeError as e:
-        _give_up_or_retry(ctx, retry, f"the Kubernetes API answered {e}")
-        return
     except Exception as e:  # noqa: BLE001 - any other failure is retried, then recorded
-        log.exception("rollback %s/%s: unexpected error", namespace, name)
-        _give_up_or_retry(ctx, retry, f"{type(e).__name__}: {e}")
+        count = _errors[uid] = _errors.get(uid, 0) + 1
+        what = _describe(e)
+        log.warning("rollback %s/%s: error %d of %d: %s", namespace, name, count,
+                    MAX_CONSECUTIVE_ERRORS, what, exc_info=not isinstance(e, KubeError))
+        if count < MAX_CONSECUTIVE_ERRORS:
+            raise kopf.TemporaryError(f"{what}; retrying", delay=min(2 ** count, 30)) from None
+        _errors.pop(uid, None)
+        _give_up(k, namespace, name, f"Stopped after {count} consecutive errors, the last: {what}.")
         return
+    _errors.pop(uid, None)
     if delay is not None:
         raise kopf.TemporaryError("waiting for the rollout", delay=delay)
 
 
-def _give_up_or_retry(ctx: engine.Context, retry: int, what: str) -> None:
-    if retry < MAX_API_RETRIES:
-        raise kopf.TemporaryError(f"{what}; retrying", delay=min(2 ** retry, 30))
-    # The ledger still says where the run stopped; a person must look.
-    k = ctx.kube
-    fresh = k.get(ROLLBACKS, ctx.namespace, ctx.name)
-    engine.fail(engine.Context(k, fresh, _saver(k, ctx.namespace, ctx.name, fresh), _emitter(k, fresh)),
-                C.API_ERROR, f"Stopped after {retry} attempts: {what}. The step ledger in status "
-                             "shows how far the rollback got.")
+def _give_up(k: Kube, namespace: str, name: str, message: str) -> None:
+    try:
+        fresh = k.get(ROLLBACKS, namespace, name)
+        engine.give_up(engine.Context(k, fresh, _saver(k, namespace, name, fresh), _emitter(k, fresh)),
+                       message)
+    except Exception as e:  # noqa: BLE001 - the status itself cannot be written: say so, retry slowly
+        log.error("rollback %s/%s: cannot record that it stopped (%s); %s", namespace, name,
+                  _describe(e), message)
+        raise kopf.TemporaryError("cannot record the rollback's failure", delay=60) from None

@@ -103,3 +103,21 @@ def test_set_condition_keeps_transition_time_when_status_unchanged():
     assert conds[0]["reason"] == "Executing"
     conds = C.set_condition(conds, "Ready", "True", "Succeeded", "m3", 1, at="2026-01-01T00:02:00Z")
     assert conds[0]["lastTransitionTime"] == "2026-01-01T00:02:00Z"
+
+
+def test_a_progress_deadline_older_than_the_restore_is_the_bad_release_s_not_ours():
+    import datetime
+    since = datetime.datetime(2026, 12, 1, 8, 0, 0, tzinfo=datetime.timezone.utc)
+    old = {"type": "Progressing", "reason": "ProgressDeadlineExceeded", "message": "timed out",
+           "lastUpdateTime": "2026-12-01T07:50:00Z"}
+    obj = _deploy(available=0, conditions=[old])
+    assert not w.rollout_state("Deployment", obj, since).failed
+    assert w.rollout_state("Deployment", obj, since).message == "0 of 2 updated replicas are available"
+    fresh = {**old, "lastUpdateTime": "2026-12-01T08:10:00Z"}
+    assert w.rollout_state("Deployment", _deploy(available=0, conditions=[fresh]), since).failed
+
+
+def test_statefulset_on_delete_is_done_at_once_like_kubectl():
+    sts = {"metadata": {"name": "db", "generation": 2}, "spec": {"replicas": 1, "updateStrategy": {"type": "OnDelete"}},
+           "status": {"observedGeneration": 1}}
+    assert w.rollout_state("StatefulSet", sts).done

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from urllib.parse import parse_qs, urlsplit
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -55,6 +56,20 @@ def parse_url(url: str) -> Target:
                                                  "postgresql:// URL") from None
     if not url.startswith(("postgresql://", "postgres://")):
         raise DatabaseError("InvalidConnection", "the connection Secret must hold a postgresql:// URL")
+    # Nothing from an ambiguous URL is echoed: its parts may be pieces of the password.
+    authority = url.split("://", 1)[1].split("/", 1)[0]
+    if authority.count("@") > 1:
+        raise DatabaseError("InvalidConnection", "the connection URL has more than one '@' before "
+                                                 "the host: percent-encode the password (%40 for @)")
+    port = params.get("port", "5432")
+    if not str(port).isdigit():
+        raise DatabaseError("InvalidConnection", "the connection URL's port is not a number: "
+                                                 "percent-encode the password (%2F for /, %3A for :)")
+    overridden = sorted(set(params) & {"dbname", "host", "hostaddr", "port", "user", "service"}
+                        & set(parse_qs(urlsplit(url).query)))
+    if overridden:
+        raise DatabaseError("InvalidConnection", "the connection URL's query sets "
+                            f"{', '.join(overridden)}; put them in the URL itself, not after '?'")
     dbname = params.get("dbname")
     if not dbname or "/" in dbname:
         raise DatabaseError("InvalidConnection", "the connection URL names no database "
@@ -127,7 +142,22 @@ def table_counts(conn: psycopg.Connection, tables: list[str]) -> dict[str, int |
 # --- the restore ledger ----------------------------------------------------------------------
 
 
+def try_lock(conn: psycopg.Connection, key: str) -> bool:
+    """A session-level advisory lock on `key`, held until the connection closes: one operator at
+    a time works on a fenced step, even if two run by mistake."""
+    return conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()[0]
+
+
 def ensure_ledger(conn: psycopg.Connection) -> None:
+    try:
+        _ensure_ledger(conn)
+    except psycopg.errors.InsufficientPrivilege:
+        raise DatabaseError("Forbidden", f"role {conn.info.user!r} cannot create the restore ledger "
+                            f"(schema {LEDGER_SCHEMA}) in database {conn.info.dbname!r}: grant it "
+                            "CREATE there, or create the schema for it") from None
+
+
+def _ensure_ledger(conn: psycopg.Connection) -> None:
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(LEDGER_SCHEMA)))
     conn.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
         rollback_uid text NOT NULL, step text NOT NULL, state text NOT NULL,
@@ -162,7 +192,19 @@ def ledger_advance(conn: psycopg.Connection, uid: str, step: str, from_state: st
 
 def create_database(conn: psycopg.Connection, name: str, comment: str) -> None:
     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    set_comment(conn, name, comment)
+
+
+def set_comment(conn: psycopg.Connection, name: str, comment: str) -> None:
     conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(comment)))
+
+
+def is_empty(target: Target, name: str) -> bool:
+    """No tables, views or sequences outside the system schemas."""
+    with connect(target, name) as conn:
+        return conn.execute("""SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE left(n.nspname, 3) <> 'pg_' AND n.nspname <> 'information_schema')""").fetchone()[0]
 
 
 def set_allow_connections(conn: psycopg.Connection, name: str, allow: bool) -> None:
@@ -177,12 +219,18 @@ def sessions(conn: psycopg.Connection, name: str) -> int:
 
 def end_sessions(conn: psycopg.Connection, name: str, terminate: bool, wait_seconds: float = 10) -> int:
     """Terminates the database's other sessions (when allowed) and waits for them to go; returns
-    how many remain."""
+    how many remain. A session this role may not end (a superuser's) simply remains."""
     deadline = time.monotonic() + wait_seconds
     while True:
         if terminate:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+            pids = [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,))]
+            for pid in pids:
+                try:
+                    conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                except psycopg.errors.InsufficientPrivilege:
+                    pass
         left = sessions(conn, name)
         if left == 0 or time.monotonic() > deadline:
             return left

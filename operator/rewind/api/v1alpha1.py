@@ -246,8 +246,8 @@ class PlanStep(_Model):
     action: StepAction
     current_revision: int | None = Field(None, description="The workload's newest revision at planning.")
     to_revision: int | None = Field(None, description="The revision whose template is restored.")
-    observed_generation: int | None = Field(
-        None, description="The workload's metadata.generation at planning; the write needs it unchanged.")
+    from_template_hash: str | None = Field(
+        None, description="Hash of the workload's pod template at planning; the write needs it unchanged.")
     template_hash: str | None = Field(None, description="Hash of the pod template to restore.")
     diff: str | None = Field(None, description="Unified diff of the pod template change.")
     job_name: str | None = Field(None, description="The Job a database step runs (derived from the UID).")

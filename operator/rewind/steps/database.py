@@ -35,13 +35,18 @@ from rewind.steps import jobs
 
 SECRETS = Resource("", "v1", "secrets")
 MAINTENANCE_DB = "postgres"
-JOB_POLL_SECONDS = 1.0
+JOB_POLL_SECONDS = 0.5
 
-CHECK_SCRIPT = r"""set -eu
+# pg_dump/pg_restore print DETAIL and CONTEXT lines that can carry row values; only their own
+# "pg_restore: error: ..." lines go into the termination message (and from there into status).
+ERRORS = r"""errors() { grep -E '^pg_(dump|restore): (error|warning|detail)?' /tmp/err | grep -v -E '^pg_(dump|restore): detail:' | "$@"; }
+"""
+
+CHECK_SCRIPT = ERRORS + r"""set -eu
 fail() { printf '%s' "$2" > /dev/termination-log; exit "$1"; }
 [ -e "$DUMP_PATH" ] || fail 10 "backup file not found: $DUMP_REF"
 [ -s "$DUMP_PATH" ] || fail 11 "backup file is empty (0 bytes): $DUMP_REF"
-pg_restore --list "$DUMP_PATH" > /tmp/toc 2> /tmp/err || fail 12 "not a readable pg_dump custom-format archive: $DUMP_REF: $(head -c 300 /tmp/err)"
+pg_restore --list "$DUMP_PATH" > /tmp/toc 2> /tmp/err || fail 12 "not a readable pg_dump custom-format archive: $DUMP_REF: $(errors head -c 300)"
 db=$(sed -n 's/^;[[:space:]]*dbname: //p' /tmp/toc | head -n 1)
 sum=$(sha256sum "$DUMP_PATH" | cut -d ' ' -f 1)
 size=$(wc -c < "$DUMP_PATH" | tr -d ' ')
@@ -53,13 +58,13 @@ fi
 printf '{"dbname":"%s","sha256":"%s","bytes":%s,"manifest":"%s"}' "$db" "$sum" "$size" "$manifest" > /dev/termination-log
 """
 
-BACKUP_SCRIPT = r"""set -eu
+BACKUP_SCRIPT = ERRORS + r"""set -eu
 fail() { printf '%s' "$2" > /dev/termination-log; exit "$1"; }
 [ ! -e "$DUMP_PATH" ] || fail 20 "refusing to overwrite an existing file: $DUMP_REF"
 mkdir -p "$(dirname "$DUMP_PATH")"
 pg_dump --format=custom --no-password --dbname="$DATABASE_URL" --file="$DUMP_PATH.partial" 2> /tmp/err \
-  || fail 21 "pg_dump failed: $(head -c 500 /tmp/err)"
-pg_restore --list "$DUMP_PATH.partial" > /dev/null 2> /tmp/err || fail 22 "the new dump does not read back: $(head -c 300 /tmp/err)"
+  || fail 21 "pg_dump failed: $(errors head -c 500)"
+pg_restore --list "$DUMP_PATH.partial" > /dev/null 2> /tmp/err || fail 22 "the new dump does not read back: $(errors head -c 300)"
 mv "$DUMP_PATH.partial" "$DUMP_PATH"
 sum=$(sha256sum "$DUMP_PATH" | cut -d ' ' -f 1)
 size=$(wc -c < "$DUMP_PATH" | tr -d ' ')
@@ -68,13 +73,13 @@ printf '{"sha256":"%s","bytes":%s}' "$sum" "$size" > /dev/termination-log
 
 # The Secret's URL names the live database; the restore goes to the staging database on the
 # same server, so the script swaps the URL's path (keeping any ?query) without ever printing it.
-RESTORE_SCRIPT = r"""set -eu
+RESTORE_SCRIPT = ERRORS + r"""set -eu
 fail() { printf '%s' "$2" > /dev/termination-log; exit "$1"; }
 base="${DATABASE_URL%%\?*}"; query=""
 case "$DATABASE_URL" in *\?*) query="?${DATABASE_URL#*\?}";; esac
 target="${base%/*}/${TARGET_DB}${query}"
 pg_restore --single-transaction --exit-on-error --no-owner --no-password --dbname="$target" "$DUMP_PATH" 2> /tmp/err \
-  || fail 30 "pg_restore into $TARGET_DB failed: $(tail -c 600 /tmp/err)"
+  || fail 30 "pg_restore into $TARGET_DB failed: $(errors tail -c 600)"
 printf '{"restored":"%s"}' "$TARGET_DB" > /dev/termination-log
 """
 
@@ -167,6 +172,7 @@ def resolve(kube: Kube, rollback: dict, spec: DatabaseSpec) -> list[PlanStep]:
     with _connect(target) as conn:
         conn.execute("SELECT 1")
     with _connect(target, MAINTENANCE_DB) as conn:
+        _db_call(db.ensure_ledger, conn)
         if not db.can_swap(conn, live):
             raise StepFailed(C.FORBIDDEN, f"role {target.user!r} may not rename database {live!r}: "
                                           "it needs CREATEDB and to own the database (or be superuser)")
@@ -272,9 +278,9 @@ def advance_check(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None
     st = _dbstatus(ctx)
     st.live_database, st.backup_source, st.backup_source_sha256 = live, ref, result.get("sha256")
     st.backup_row_counts = _manifest_counts(result.get("manifest") or "", ref)
-    jobs.delete_job(ctx.kube, ctx.namespace, step.job_name)
     _done(ctx, rec, f"The backup {ref} is a pg_dump archive of {live} "
                     f"({result.get('bytes')} bytes, sha256 {str(result.get('sha256'))[:12]}...).", "BackupChecked")
+    jobs.delete_job(ctx.kube, ctx.namespace, step.job_name)   # after the outcome is recorded
     return None
 
 
@@ -314,9 +320,9 @@ def advance_backup(ctx: Context, step: PlanStep, rec: StepRecord) -> float | Non
     st = _dbstatus(ctx)
     st.pre_rollback_backup, st.pre_rollback_backup_sha256 = ref, result.get("sha256")
     st.pre_rollback_backup_bytes = result.get("bytes")
-    jobs.delete_job(ctx.kube, ctx.namespace, step.job_name)
     _done(ctx, rec, f"The live database {step.target.name} is saved to {ref} "
                     f"({result.get('bytes')} bytes).", "PreRollbackBackupTaken")
+    jobs.delete_job(ctx.kube, ctx.namespace, step.job_name)   # after the outcome is recorded
     return None
 
 
@@ -329,13 +335,19 @@ def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> float | No
     _begin(ctx, rec, f"Restoring {ref} into the staging database {staging}.")
     target = connection(ctx.kube, ctx.namespace, spec)
     with _connect(target, MAINTENANCE_DB) as conn:
-        db.ensure_ledger(conn)
+        _db_call(db.ensure_ledger, conn)
+        if not db.try_lock(conn, f"rewind:{ctx.uid}:restore"):
+            return JOB_POLL_SECONDS   # another operator instance is on this step right now
         state = db.ledger_state(conn, ctx.uid, "restore")
         if state is None:
             db.ledger_advance(conn, ctx.uid, "restore", None, "claimed", staging)
             state = db.ledger_state(conn, ctx.uid, "restore")
         if state == "claimed":
             exists, comment = db.database_comment(conn, staging)
+            if exists and comment is None and _db_call(db.is_empty, target, staging):
+                # Our CREATE DATABASE went through and the crash came before its COMMENT.
+                db.set_comment(conn, staging, staging_comment(ctx.uid))
+                comment = staging_comment(ctx.uid)
             if exists and comment != staging_comment(ctx.uid):
                 raise StepFailed("StagingNameTaken", f"the staging database name {staging!r} is "
                                                      "taken by a database Rewind did not create")
@@ -365,8 +377,9 @@ def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> float | No
                                             f"may be partly restored. The live database {live} is "
                                             "unchanged; inspect staging, then create a new Rollback")
         if outcome.state == "failed":
-            db.ledger_advance(conn, ctx.uid, "restore", "job-created", "failed", outcome.message[:500])
-            raise StepFailed("BackupCorrupt", f"{outcome.message or 'the restore Job failed'}; "
+            db.ledger_advance(conn, ctx.uid, "restore", "job-created", "failed")
+            raise StepFailed("BackupCorrupt" if outcome.exit_code == 30 else "RestoreFailed",
+                             f"{outcome.message or 'the restore Job failed'}; "
                                               f"the live database {live} is unchanged and the "
                                               f"staging database {staging} is kept for inspection")
         db.ledger_advance(conn, ctx.uid, "restore", "job-created", "restored", staging)
@@ -374,9 +387,9 @@ def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> float | No
 
 
 def _restored(ctx: Context, step: PlanStep, rec: StepRecord, staging: str, ref: str) -> None:
-    jobs.delete_job(ctx.kube, ctx.namespace, step.job_name)
     _dbstatus(ctx).staging_database = staging
     _done(ctx, rec, f"{ref} is restored into the staging database {staging}.", "StagingRestored")
+    jobs.delete_job(ctx.kube, ctx.namespace, step.job_name)   # after the outcome is recorded
     return None
 
 
@@ -443,7 +456,9 @@ def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
     _begin(ctx, rec, f"Swapping {staging} in as {live}; the current {live} becomes {pre}.")
     target = connection(ctx.kube, ctx.namespace, spec)
     with _connect(target, MAINTENANCE_DB) as conn:
-        db.ensure_ledger(conn)
+        _db_call(db.ensure_ledger, conn)
+        if not db.try_lock(conn, f"rewind:{ctx.uid}:swap"):
+            return JOB_POLL_SECONDS   # another operator instance is swapping right now
         state = db.ledger_state(conn, ctx.uid, "swap")
         if state != "swapped":
             if state is None:
@@ -462,8 +477,7 @@ def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
                 _db_call(db.swap, conn, live=live, staging=staging, pre=pre, uid=ctx.uid,
                          ledger_step="swap")
             except BaseException:
-                if db.database_comment(conn, live)[0] and db.ledger_state(conn, ctx.uid, "swap") != "swapped":
-                    db.set_allow_connections(conn, live, True)
+                _reopen_after_failed_swap(target, live, ctx.uid)
                 raise
         db.set_allow_connections(conn, live, True)
         db.set_allow_connections(conn, pre, True)
@@ -474,6 +488,18 @@ def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
     ctx.condition(C.DATABASE_RESTORED, "True", "Swapped", message)
     _done(ctx, rec, message, "DatabaseSwapped")
     return None
+
+
+def _reopen_after_failed_swap(target: db.Target, live: str, uid: str) -> None:
+    """Production must not stay closed because a swap failed: on a fresh connection (the old one
+    may be what failed), allow connections to the live database again, unless the swap did commit
+    (then `live` is the restored database and the next attempt adopts it)."""
+    try:
+        with db.connect(target, MAINTENANCE_DB) as conn:
+            if db.ledger_state(conn, uid, "swap") != "swapped" and db.database_comment(conn, live)[0]:
+                db.set_allow_connections(conn, live, True)
+    except db.DatabaseError:
+        pass   # unreachable right now; the retry of this step allows connections again either way
 
 
 ADVANCE = {

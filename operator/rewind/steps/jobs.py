@@ -111,7 +111,8 @@ def job_outcome(kube: Kube, namespace: str, name: str) -> JobOutcome:
     conditions = {c["type"]: c for c in job.get("status", {}).get("conditions") or []
                   if c.get("status") == "True"}
     if "Complete" not in conditions and "Failed" not in conditions:
-        return JobOutcome("running")
+        stuck = _stuck(kube, namespace, name)
+        return JobOutcome("failed", None, stuck) if stuck else JobOutcome("running")
     exit_code, message = _termination(kube, namespace, name)
     if "Complete" in conditions:
         return JobOutcome("succeeded", exit_code, message)
@@ -119,6 +120,22 @@ def job_outcome(kube: Kube, namespace: str, name: str) -> JobOutcome:
     if not message:
         message = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": ")
     return JobOutcome("failed", exit_code, message)
+
+
+# Container states that will not get better by waiting for the Job's deadline.
+STUCK_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                 "CreateContainerError"}
+
+
+def _stuck(kube: Kube, namespace: str, job: str) -> str:
+    """Why the Job's pod cannot start, when it never will on its own; else ""."""
+    for pod in kube.list(PODS, namespace, label_selector=f"batch.kubernetes.io/job-name={job}"):
+        for cs in pod.get("status", {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                return (f"the Job's pod {pod['metadata']['name']} cannot start: {waiting['reason']}: "
+                        f"{waiting.get('message', '')}".strip().rstrip(":"))
+    return ""
 
 
 def _termination(kube: Kube, namespace: str, job: str) -> tuple[int | None, str]:

@@ -4,7 +4,7 @@ Deployments keep their history in ReplicaSets (`deployment.kubernetes.io/revisio
 and DaemonSets in ControllerRevisions. The step has the shape every step has:
 
 - `preflight` (read-only): resolve the wanted revision and what the write would change;
-- `apply` (idempotent): one write, only if the spec is as planned, guarded by resourceVersion;
+- `apply` (idempotent): one write, only if the pod template is as planned, guarded by resourceVersion;
 - `adopt`: after a crash, tell whether our write already happened;
 - `rollout` : whether the controller finished rolling out the restored template.
 
@@ -165,8 +165,12 @@ class RolloutState:
     message: str
 
 
-def rollout_state(kind: str, obj: dict) -> RolloutState:
-    """kubectl rollout status, per kind (kubectl/pkg/polymorphichelpers/rollout_status.go)."""
+def rollout_state(kind: str, obj: dict, since: datetime.datetime | None = None) -> RolloutState:
+    """kubectl rollout status, per kind (kubectl/pkg/polymorphichelpers/rollout_status.go).
+
+    One difference: a Deployment's ProgressDeadlineExceeded last updated before `since` (when
+    Rewind's write happened) is the bad release's old timeout, not this rollout's, and is ignored.
+    StatefulSets with OnDelete are done at once, as kubectl says for them."""
     meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status", {})
     name = meta["name"]
     generation, observed = meta.get("generation", 0), status.get("observedGeneration", 0)
@@ -178,7 +182,8 @@ def rollout_state(kind: str, obj: dict) -> RolloutState:
         if generation > observed:
             return waiting(f"waiting for the Deployment {name} spec update to be observed")
         for cond in status.get("conditions") or []:
-            if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded" \
+                    and not _before(cond.get("lastUpdateTime"), since):
                 return RolloutState(False, True, f"Deployment {name} exceeded its progress deadline: "
                                                  f"{cond.get('message', '')}".strip())
         replicas = spec.get("replicas", 1)
@@ -193,6 +198,8 @@ def rollout_state(kind: str, obj: dict) -> RolloutState:
         return RolloutState(True, False, f"Deployment {name} rolled out: {available} of {replicas} available")
 
     if kind == "StatefulSet":
+        if spec.get("updateStrategy", {}).get("type", "RollingUpdate") != "RollingUpdate":
+            return RolloutState(True, False, f"StatefulSet {name} uses OnDelete; pods update when deleted")
         if observed == 0 or generation > observed:
             return waiting(f"waiting for the StatefulSet {name} spec update to be observed")
         replicas = spec.get("replicas", 1)
@@ -225,6 +232,13 @@ def rollout_state(kind: str, obj: dict) -> RolloutState:
     if available < desired:
         return waiting(f"{available} of {desired} updated pods are available")
     return RolloutState(True, False, f"DaemonSet {name} rolled out: {available} of {desired} available")
+
+
+def _before(timestamp: str | None, since: datetime.datetime | None) -> bool:
+    if not timestamp or since is None:
+        return False
+    at = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    return at < since
 
 
 def build_patch(kind: str, history_obj: dict, current: dict, template: dict,
@@ -309,7 +323,7 @@ def resolve(kube: Kube, namespace: str, target: WorkloadTarget) -> Resolved:
         action=StepAction.NO_OP if same else StepAction.RESTORE,
         current_revision=max(by_revision),
         to_revision=wanted,
-        observed_generation=current["metadata"].get("generation"),
+        from_template_hash=template_hash(current_template),
         template_hash=template_hash(template),
         diff=None if same else template_diff(current_template, template, f"{kind.name}/{target.name}"),
     )
@@ -325,14 +339,15 @@ def apply(kube: Kube, namespace: str, step: PlanStep, rollback_uid: str) -> str:
     """Writes the restored template once. Returns how: "patched", or "adopted" when our earlier
     write is already there (after a crash). Raises StepFailed when it must not or cannot write.
 
-    The spec must be as it was at planning (same metadata.generation: status updates by the
-    controller do not count), and the write itself is guarded by the resourceVersion just read."""
+    The pod template must be as it was at planning (so nobody changed it, and our own write did
+    not happen: it would have changed it), and the write is guarded by the resourceVersion just read."""
     kind = KINDS[step.target.kind]
     for _ in range(5):
         current = _get_for_apply(kube, kind, namespace, step)
         if written_by_us(current, step, rollback_uid):
             return "adopted"
-        if current["metadata"].get("generation") != step.observed_generation:
+        # Only the pod template matters: replicas may change (an autoscaler, kubectl scale).
+        if template_hash(current["spec"]["template"]) != step.from_template_hash:
             raise StepFailed(C.CONFLICT, _changed_message(kind.name, namespace, step, current))
         history = [h for h in kube.list(kind.history, namespace)
                    if is_controlled_by(h, current) and history_revision(kind.name, h) == step.to_revision]
@@ -373,12 +388,13 @@ def _get_for_apply(kube: Kube, kind: Kind, namespace: str, step: PlanStep) -> di
 
 
 def _changed_message(kind: str, namespace: str, step: PlanStep, current: dict) -> str:
-    return (f"{kind} {namespace}/{step.target.name} changed after planning (generation "
-            f"{step.observed_generation} -> {current['metadata'].get('generation')}) and nothing "
-            "was written; check who changed it, then create a new Rollback")
+    return (f"{kind} {namespace}/{step.target.name}'s pod template changed after planning (now "
+            f"generation {current['metadata'].get('generation')}) and nothing was written; check "
+            "who changed it, then create a new Rollback")
 
 
-def check_rollout(kube: Kube, namespace: str, step: PlanStep, rollback_uid: str) -> tuple[RolloutState, int | None]:
+def check_rollout(kube: Kube, namespace: str, step: PlanStep,
+                  since: datetime.datetime | None) -> tuple[RolloutState, int | None]:
     """The rollout's state, and the revision number the controller gave the restored template."""
     kind = KINDS[step.target.kind]
     obj = kube.get(kind.resource, namespace, step.target.name)
@@ -386,7 +402,7 @@ def check_rollout(kube: Kube, namespace: str, step: PlanStep, rollback_uid: str)
         return RolloutState(False, True, f"{kind.name} {namespace}/{step.target.name} no longer has "
                                          "the restored template: someone changed it during the "
                                          "rollout"), None
-    state = rollout_state(kind.name, obj)
+    state = rollout_state(kind.name, obj, since)
     revision = None
     if state.done:
         if kind.name == "Deployment":
@@ -428,7 +444,7 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
         ctx.save()
         ctx.emit("Normal", "Restoring", rec.message)
 
-    state, revision = check_rollout(ctx.kube, ctx.namespace, step, ctx.uid)
+    state, revision = check_rollout(ctx.kube, ctx.namespace, step, rec.started_at)
     if state.failed:
         raise StepFailed(C.ROLLOUT_FAILED, state.message)
     if not state.done:

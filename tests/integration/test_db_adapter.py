@@ -128,3 +128,50 @@ def test_table_counts_quote_identifiers(postgres, database):
             assert conn.execute("SELECT count(*) FROM appointments").fetchone()[0] == 4
     finally:
         postgres.drop_database(f"{database}_c")
+
+
+@pytest.mark.parametrize("url,fragment", [
+    ("postgresql://app:p@ss@db.internal:5432/booking", "more than one '@'"),
+    ("postgresql://app:s3/cret@db.internal:5432/booking", "port is not a number"),
+    ("postgresql://app:pw@db.internal:5x432/booking", "port is not a number"),
+    ("postgresql://app:pw@db.internal:5432/booking?dbname=other", "query sets dbname"),
+    ("postgresql://app:pw@db.internal:5432/booking?host=evil&user=root", "query sets host, user"),
+])
+def test_ambiguous_urls_are_refused_without_echoing_them(url, fragment):
+    with pytest.raises(db.DatabaseError) as err:
+        db.parse_url(url)
+    assert err.value.reason == "InvalidConnection"
+    assert fragment in err.value.message, err.value.message
+    for piece in ("ss@db", "s3", "cret", "pw@", "5x432", "evil"):
+        assert piece not in err.value.message
+
+
+def test_sessions_this_role_may_not_end_simply_remain(postgres, database):
+    """A non-superuser cannot terminate a superuser's session: end_sessions reports it as left."""
+    with postgres.connect(autocommit=True) as admin:
+        admin.execute("CREATE ROLE rewind_app LOGIN PASSWORD 'app-pw' CREATEDB")
+    holder = postgres.connect(database)   # a superuser session
+    try:
+        t = db.parse_url(f"postgresql://rewind_app:app-pw@127.0.0.1:{postgres.port}/postgres")
+        with db.connect(t) as conn:
+            assert db.end_sessions(conn, database, terminate=True, wait_seconds=0.5) == 1
+        assert holder.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        holder.close()
+        with postgres.connect(autocommit=True) as admin:
+            admin.execute("DROP ROLE rewind_app")
+
+
+def test_ledger_needs_create_on_the_maintenance_database(postgres, database):
+    # A fresh database: PUBLIC may connect but not create schemas in it.
+    with postgres.connect(autocommit=True) as admin:
+        admin.execute("CREATE ROLE rewind_weak LOGIN PASSWORD 'weak-pw'")
+    try:
+        t = db.parse_url(f"postgresql://rewind_weak:weak-pw@127.0.0.1:{postgres.port}/{database}")
+        with db.connect(t) as conn:
+            with pytest.raises(db.DatabaseError) as err:
+                db.ensure_ledger(conn)
+        assert err.value.reason == "Forbidden" and "grant it CREATE there" in err.value.message
+    finally:
+        with postgres.connect(autocommit=True) as admin:
+            admin.execute("DROP ROLE rewind_weak")

@@ -2,6 +2,8 @@
 
     rewind run [--namespace NS ...] [--kubeconfig PATH]   run the operator
     rewind crd [--write]                                  render the Rollback CRD from the models
+    rewind history secret/NAME [-n NS]                    a tracked Secret's recorded versions
+                                                          (key names, sizes, hashes; never values)
 """
 
 from __future__ import annotations
@@ -61,6 +63,38 @@ def _crd(args) -> int:
     return 0
 
 
+def _history(args) -> int:
+    from rewind.adapters.kube import Kube, load_api_client
+    from rewind.steps import secrets
+
+    kind, _, name = args.target.partition("/")
+    if kind not in ("secret", "secrets") or not name:
+        print("usage: rewind history secret/NAME [-n NAMESPACE]", file=sys.stderr)
+        return 2
+    kube = Kube(load_api_client(args.kubeconfig))
+    namespace = args.namespace or _current_namespace(args.kubeconfig)
+    entries = secrets.history(kube, namespace, name)
+    if not entries:
+        print(f"no history for Secret {namespace}/{name} (label it {secrets.TRACK_LABEL}=true)")
+        return 1
+    print(f"{'REVISION':<9} {'RECORDED':<21} {'HASH':<20} KEYS")
+    for e in entries:
+        ann = e["metadata"].get("annotations") or {}
+        print(f"{secrets.revision_of(e):<9} {ann.get('rewind.dev/recorded-at', '-'):<21} "
+              f"{ann.get(secrets.HASH_ANNOTATION, '-')[:19]:<20} {', '.join(secrets.key_summary(e))}")
+    return 0
+
+
+def _current_namespace(kubeconfig: str | None) -> str:
+    from kubernetes import config
+
+    try:
+        _, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        return active.get("context", {}).get("namespace") or "default"
+    except config.ConfigException:
+        return "default"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rewind",
@@ -78,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     crd = sub.add_parser("crd", help="render the Rollback CRD from the models")
     crd.add_argument("--write", action="store_true", help=f"write it to {REPO_CRD.relative_to(REPO_CRD.parents[1])}")
     crd.set_defaults(func=_crd)
+    hist = sub.add_parser("history", help="a tracked Secret's recorded versions (never values)")
+    hist.add_argument("target", help="secret/NAME")
+    hist.add_argument("--namespace", "-n")
+    hist.add_argument("--kubeconfig")
+    hist.set_defaults(func=_history)
     return parser
 
 

@@ -15,7 +15,7 @@ from rewind import plan as planning
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import TERMINAL_PHASES, Phase, PlanStep, StepAction, StepRecord, StepState
 from rewind.context import Context, StepFailed
-from rewind.steps import database, workload
+from rewind.steps import database, secrets, workload
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,12 @@ def _plan(ctx: Context) -> float | None:
             database_steps = database.resolve(ctx.kube, ctx.obj, spec.database)
         except StepFailed as e:
             problems.append(e)
+    secret_steps: list[PlanStep] = []
+    if spec.secrets:
+        try:
+            secret_steps = [secrets.resolve(ctx.kube, ctx.namespace, spec.secrets)]
+        except StepFailed as e:
+            problems.append(e)
     for target in spec.application or []:
         try:
             r = workload.resolve(ctx.kube, ctx.namespace, target)
@@ -66,7 +72,7 @@ def _plan(ctx: Context) -> float | None:
         ctx.condition(C.PLANNED, "False", reason, message)
         return _terminal(ctx, Phase.FAILED, reason, message)
 
-    steps = planning.order(spec, database_steps, resolved)
+    steps = planning.order(spec, [*database_steps, *secret_steps], resolved)
     ctx.status.plan = steps
     ctx.status.steps = planning.initial_ledger(steps)
     ctx.status.progress = planning.progress(ctx.status.steps)
@@ -97,6 +103,7 @@ def _describe(step: PlanStep) -> str:
 STEP_KINDS = {
     "WorkloadRevision": workload,
     **{kind: database for kind in database.ADVANCE},
+    "SecretsRestore": secrets,
 }
 
 

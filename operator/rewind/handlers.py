@@ -15,6 +15,7 @@ import socket
 import kopf
 
 from rewind import engine
+from rewind.steps import secrets
 from rewind.adapters.kube import MERGE_PATCH, ROLLBACKS, Kube, KubeError, Resource, load_api_client
 from rewind.api.v1alpha1 import GROUP, PLURAL, VERSION
 
@@ -136,6 +137,23 @@ def drive(namespace: str, name: str, **_) -> None:
     _errors.pop(uid, None)
     if delay is not None:
         raise kopf.TemporaryError("waiting for the rollout", delay=delay)
+
+
+@kopf.on.event("v1", "secrets", labels={secrets.TRACK_LABEL: "true"})
+def track_secret(body, type: str | None, **_) -> None:
+    """Secret history: every change of a tracked Secret is kept as an immutable copy. (An event
+    handler keeps no state on the Secret: kopf's diff-base annotation would hold its data.)"""
+    if type not in (None, "ADDED", "MODIFIED") or body["metadata"].get("deletionTimestamp"):
+        return
+    try:
+        revision = secrets.record(kube(), dict(body))
+    except KubeError as e:
+        log.warning("could not record the history of Secret %s/%s: %s", body["metadata"]["namespace"],
+                    body["metadata"]["name"], _describe(e))
+        return
+    if revision:
+        log.info("Secret %s/%s: recorded revision %d", body["metadata"]["namespace"],
+                 body["metadata"]["name"], revision)
 
 
 def _give_up(k: Kube, namespace: str, name: str, message: str) -> None:

@@ -21,10 +21,10 @@ def deadline_for(severity: str, started: datetime.datetime) -> datetime.datetime
     return started + DEADLINES[severity]
 
 
-def order(spec: RollbackSpec, database: list[PlanStep], workloads: dict[str, PlanStep]) -> list[PlanStep]:
-    """The plan's order, as in the seed's runbook: the database first (its own steps in their
-    order), then the application's workloads in the order the spec lists them."""
-    return [*database, *(workloads[workload_step_name(t.kind, t.name)] for t in spec.application or [])]
+def order(spec: RollbackSpec, data: list[PlanStep], workloads: dict[str, PlanStep]) -> list[PlanStep]:
+    """The plan's order, as in the seed's runbook: the data first (the database's steps, then the
+    Secrets), then the application's workloads in the order the spec lists them."""
+    return [*data, *(workloads[workload_step_name(t.kind, t.name)] for t in spec.application or [])]
 
 
 def workload_step_name(kind: str, name: str) -> str:

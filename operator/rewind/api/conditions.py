@@ -37,6 +37,9 @@ DATABASE_RESTORED = "DatabaseRestored"
 """Domain condition for the database: True once the restored database was swapped in under the
 live name (the old one kept aside); False while the database steps run or when one failed."""
 
+SECRETS_RESTORED = "SecretsRestored"
+"""Domain condition for Secrets: True once every listed Secret holds its earlier data again."""
+
 VERIFIED = "Verified"
 """True when the rollback's result was verified (for workloads: each runs the wanted revision's
 template and is available); False when a verification failed."""

@@ -169,12 +169,42 @@ class DatabaseSpec(_Model):
                                       description="activeDeadlineSeconds of each database Job.")
 
 
+OptionalRevisionRef = Annotated[
+    Union[int, Literal["previous"], None],
+    WithJsonSchema({
+        "x-kubernetes-int-or-string": True,
+        "description": "`previous` (the newest recorded version that differs from the current "
+                       "data) or a revision number from Rewind's history of the Secret.",
+        "x-kubernetes-validations": [_cel(
+            "type(self) == int ? self >= 1 : self == 'previous'",
+            "toRevision must be 'previous' or a revision number of 1 or more")],
+    }),
+]
+
+
+class SecretTarget(_Model):
+    """A Secret to put back as it was: from Rewind's history of it, or from another Secret."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("has(self.toRevision) != has(self.fromSecret)",
+             "give exactly one of toRevision and fromSecret"),
+    ]})
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    namespace: str | None = Field(None, max_length=63, pattern=DNS_LABEL,
+                                  description="Optional; when set it must be the Rollback's own namespace.")
+    to_revision: OptionalRevisionRef = None
+    from_secret: str | None = Field(None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
+                                    description="A Secret in the same namespace holding the data to restore.")
+
+
 class RollbackSpec(_Model):
     """What to roll back, why, and how urgently."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        _cel("has(self.application) || has(self.database)",
-             "spec must name at least one target: spec.application (workloads) or spec.database"),
+        _cel("has(self.application) || has(self.database) || has(self.secrets)",
+             "spec must name at least one target: spec.application (workloads), spec.database "
+             "or spec.secrets"),
     ]})
 
     severity: Severity = Field(description="Critical, High, Medium or Low; sets the deadline.")
@@ -188,6 +218,10 @@ class RollbackSpec(_Model):
                            "x-kubernetes-list-map-keys": ["kind", "name"]},
         description="Workloads to restore to an earlier revision, in this order.")
     database: DatabaseSpec | None = None
+    secrets: list[SecretTarget] | None = Field(
+        None, min_length=1, max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="Secrets to restore, all together or none (e.g. OAuth client credentials).")
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -224,6 +258,7 @@ class StepKind(str, Enum):
     DATABASE_RESTORE = "DatabaseRestore"
     DATABASE_VERIFY = "DatabaseVerify"
     DATABASE_ACTION = "DatabaseAction"
+    SECRETS_RESTORE = "SecretsRestore"
     DATABASE_SWAP = "DatabaseSwap"
 
 
@@ -235,6 +270,16 @@ class StepAction(str, Enum):
 class TargetRef(_Model):
     kind: str
     name: str
+
+
+class SecretChange(_Model):
+    """One Secret of a secrets step: key names, sizes and hashes, never values."""
+
+    name: str
+    source: str = Field(description="Where the data comes from: a history copy or another Secret.")
+    from_hash: str = Field(description="Hash of the Secret's data at planning.")
+    to_hash: str = Field(description="Hash of the data to restore.")
+    keys: list[str] = Field(default_factory=list, description="Key names in the restored data, with sizes.")
 
 
 class PlanStep(_Model):
@@ -251,6 +296,8 @@ class PlanStep(_Model):
     template_hash: str | None = Field(None, description="Hash of the pod template to restore.")
     diff: str | None = Field(None, description="Unified diff of the pod template change.")
     job_name: str | None = Field(None, description="The Job a database step runs (derived from the UID).")
+    secrets: list["SecretChange"] = Field(default_factory=list,
+                                          description="For a secrets step: what each Secret goes back to.")
 
 
 class StepState(str, Enum):

@@ -1,0 +1,257 @@
+"""Secret history and Secret rollback.
+
+Kubernetes keeps no earlier versions of a Secret. For Secrets labelled `rewind.dev/track: "true"`
+the operator keeps them: on every change it writes an immutable copy `<name>.rewind.<n>` in the
+same namespace (owned by the Secret, so it goes when the Secret goes), labelled with the Secret's
+name and the revision, annotated with a hash of the data, and prunes beyond the history limit.
+
+A rollback of Secrets is one step for all of them: first each current version is kept as a
+history entry (so the rollback can itself be undone), then each Secret is written, guarded by
+resourceVersion. If any write fails, the Secrets already written are put back: all change or
+none. After a crash, each Secret's data hash says whether it is done, still to do, or changed by
+someone else. No value ever leaves a Secret: status holds key names, sizes and hashes.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+
+from rewind.adapters.kube import JSON_PATCH, Kube, KubeError, Resource
+from rewind.api import conditions as C
+from rewind.api.v1alpha1 import (
+    PREVIOUS, PlanStep, SecretChange, SecretTarget, StepAction, StepKind, StepRecord, StepState,
+    TargetRef,
+)
+from rewind.context import Context, StepFailed
+
+SECRETS = Resource("", "v1", "secrets")
+TRACK_LABEL = "rewind.dev/track"
+HISTORY_OF_LABEL = "rewind.dev/history-of"
+REVISION_LABEL = "rewind.dev/revision"
+HASH_ANNOTATION = "rewind.dev/data-hash"
+LIMIT_ANNOTATION = "rewind.dev/history-limit"
+DEFAULT_HISTORY_LIMIT = 10
+
+
+# --- pure helpers ----------------------------------------------------------------------------
+
+
+def data_hash(secret: dict) -> str:
+    """Of the type and the data, canonically; equal data gives an equal hash."""
+    canonical = json.dumps({"type": secret.get("type", "Opaque"), "data": secret.get("data") or {}},
+                           sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def key_summary(secret: dict) -> list[str]:
+    return [f"{k} ({len(base64.b64decode(v))} bytes)" for k, v in sorted((secret.get("data") or {}).items())]
+
+
+def copy_name(name: str, revision: int) -> str:
+    return f"{name}.rewind.{revision}"
+
+
+def build_copy(secret: dict, revision: int, recorded_at: str) -> dict:
+    meta = secret["metadata"]
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k != TRACK_LABEL}
+    labels.update({HISTORY_OF_LABEL: meta["name"], REVISION_LABEL: str(revision),
+                   "app.kubernetes.io/managed-by": "rewind"})
+    return {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {
+            "name": copy_name(meta["name"], revision), "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": {HASH_ANNOTATION: data_hash(secret), "rewind.dev/recorded-at": recorded_at,
+                            "rewind.dev/source-resource-version": meta.get("resourceVersion", "")},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Secret", "name": meta["name"],
+                                 "uid": meta["uid"]}],
+        },
+        "type": secret.get("type", "Opaque"),
+        "data": secret.get("data") or {},
+        "immutable": True,
+    }
+
+
+def revision_of(copy: dict) -> int:
+    return int(copy["metadata"]["labels"][REVISION_LABEL])
+
+
+# --- history ---------------------------------------------------------------------------------
+
+
+def history(kube: Kube, namespace: str, name: str) -> list[dict]:
+    """The Secret's recorded versions, oldest first."""
+    copies = kube.list(SECRETS, namespace, label_selector=f"{HISTORY_OF_LABEL}={name}")
+    return sorted((c for c in copies if c["metadata"]["name"] == copy_name(name, revision_of(c))),
+                  key=revision_of)
+
+
+def record(kube: Kube, secret: dict) -> int | None:
+    """Keeps the Secret's current version as a history entry unless the newest entry already
+    holds it; returns the new revision (None when nothing was recorded). Prunes old entries."""
+    meta = secret["metadata"]
+    entries = history(kube, meta["namespace"], meta["name"])
+    if entries and entries[-1]["metadata"]["annotations"].get(HASH_ANNOTATION) == data_hash(secret):
+        return None
+    revision = revision_of(entries[-1]) + 1 if entries else 1
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        kube.create(SECRETS, meta["namespace"], build_copy(secret, revision, now))
+    except KubeError as e:
+        if e.status == 409:
+            return None   # another event (or operator) recorded this revision first
+        raise
+    for old in entries[:max(0, len(entries) + 1 - _limit(secret))]:
+        _delete(kube, meta["namespace"], old["metadata"]["name"])
+    return revision
+
+
+def _limit(secret: dict) -> int:
+    value = (secret["metadata"].get("annotations") or {}).get(LIMIT_ANNOTATION, "")
+    return int(value) if value.isdigit() and int(value) >= 1 else DEFAULT_HISTORY_LIMIT
+
+
+def _delete(kube: Kube, namespace: str, name: str) -> None:
+    try:
+        kube.request("DELETE", SECRETS.path(namespace, name))
+    except KubeError as e:
+        if not e.not_found:
+            raise
+
+
+# --- planning --------------------------------------------------------------------------------
+
+
+def _read(kube: Kube, namespace: str, name: str, what: str) -> dict:
+    try:
+        return kube.get(SECRETS, namespace, name)
+    except KubeError as e:
+        if e.not_found:
+            raise StepFailed("SecretNotFound", f"{what} {namespace}/{name} does not exist") from None
+        if e.forbidden:
+            raise StepFailed(C.FORBIDDEN, f"the operator may not read Secret {namespace}/{name}") from None
+        raise
+
+
+def _source(kube: Kube, namespace: str, target: SecretTarget, current: dict) -> tuple[str, dict]:
+    if target.from_secret:
+        src = _read(kube, namespace, target.from_secret, "the Secret to restore from")
+        return src["metadata"]["name"], src
+    entries = history(kube, namespace, target.name)
+    if not entries:
+        raise StepFailed("RevisionNotFound", f"Secret {namespace}/{target.name} has no history: "
+                                             f"label it {TRACK_LABEL}=true so that Rewind keeps its versions")
+    listing = ", ".join(str(revision_of(e)) for e in entries)
+    if target.to_revision == PREVIOUS:
+        here = data_hash(current)
+        older = [e for e in entries if e["metadata"]["annotations"].get(HASH_ANNOTATION) != here]
+        if not older:
+            raise StepFailed("RevisionNotFound", f"Secret {namespace}/{target.name} has no earlier "
+                                                 f"version that differs from its current data (revisions kept: {listing})")
+        chosen = older[-1]
+    else:
+        chosen = next((e for e in entries if revision_of(e) == target.to_revision), None)
+        if chosen is None:
+            raise StepFailed("RevisionNotFound", f"revision {target.to_revision} of Secret "
+                                                 f"{namespace}/{target.name} not found (revisions kept: {listing})")
+    return chosen["metadata"]["name"], chosen
+
+
+def resolve(kube: Kube, namespace: str, targets: list[SecretTarget]) -> PlanStep:
+    """Preflight for the Secrets: each exists, its source exists and is of the same type."""
+    changes, problems = [], []
+    for t in targets:
+        try:
+            if t.namespace and t.namespace != namespace:
+                raise StepFailed(C.NAMESPACE_NOT_ALLOWED,
+                                 f"Secret {t.namespace}/{t.name} is in another namespace; a Rollback "
+                                 f"only touches its own namespace ({namespace})")
+            current = _read(kube, namespace, t.name, "Secret")
+            source_name, source = _source(kube, namespace, t, current)
+            if source.get("type", "Opaque") != current.get("type", "Opaque"):
+                raise StepFailed("SecretTypeMismatch", f"{source_name} is of type {source.get('type')}, "
+                                 f"Secret {t.name} of type {current.get('type')}")
+            changes.append(SecretChange(name=t.name, source=source_name, from_hash=data_hash(current),
+                                        to_hash=data_hash(source), keys=key_summary(source)))
+        except StepFailed as e:
+            problems.append(e)
+    if problems:
+        raise StepFailed(problems[0].reason, "; ".join(p.message for p in problems))
+    same = all(c.from_hash == c.to_hash for c in changes)
+    return PlanStep(name="secrets", kind=StepKind.SECRETS_RESTORE,
+                    target=TargetRef(kind="Secrets", name=",".join(c.name for c in changes)),
+                    action=StepAction.NO_OP if same else StepAction.RESTORE, secrets=changes)
+
+
+# --- execution -------------------------------------------------------------------------------
+
+
+def _write(kube: Kube, namespace: str, secret: dict, source: dict) -> None:
+    kube.patch(SECRETS, namespace, secret["metadata"]["name"], [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": secret["metadata"]["resourceVersion"]},
+        {"op": "replace", "path": "/data", "value": source.get("data") or {}},
+    ], JSON_PATCH)
+
+
+def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+    names = ", ".join(c.name for c in step.secrets)
+    if rec.state == StepState.PENDING.value:
+        if step.action == StepAction.NO_OP.value:
+            rec.state, rec.finished_at = StepState.SKIPPED.value, ctx.clock()
+            rec.message = f"Secrets {names} already hold the data to restore; nothing to change."
+            ctx.save()
+            return None
+        rec.state, rec.attempts, rec.started_at = StepState.RUNNING.value, rec.attempts + 1, ctx.clock()
+        rec.message = f"Restoring Secrets {names}."
+        ctx.condition(C.SECRETS_RESTORED, "False", C.EXECUTING, rec.message)
+        ctx.save()   # intent, before the writes
+
+    ns = ctx.namespace
+    current = {c.name: _read(ctx.kube, ns, c.name, "Secret") for c in step.secrets}
+    for c in step.secrets:   # what they hold now is kept, so the rollback can be undone
+        if data_hash(current[c.name]) == c.from_hash:
+            record(ctx.kube, current[c.name])
+    written: list[str] = []
+    try:
+        for c in step.secrets:
+            secret = current[c.name]
+            here = data_hash(secret)
+            if here == c.to_hash:
+                continue
+            if here != c.from_hash:
+                raise StepFailed(C.CONFLICT, f"Secret {c.name} changed after planning; nothing of "
+                                             "it was written")
+            source = _read(ctx.kube, ns, c.source, "the Secret to restore from")
+            if data_hash(source) != c.to_hash:
+                raise StepFailed(C.CONFLICT, f"{c.source} changed after planning")
+            try:
+                _write(ctx.kube, ns, secret, source)
+            except KubeError as e:
+                raise StepFailed(C.CONFLICT if e.status in (409, 422) else C.OPERATOR_ERROR,
+                                 f"writing Secret {c.name} failed ({e.status} {e.reason})") from None
+            written.append(c.name)
+    except StepFailed as e:
+        _undo(ctx, step, written)
+        raise StepFailed(e.reason, f"{e.message}; every Secret was put back as it was "
+                                   f"({', '.join(written) or 'none had been written'})") from None
+    rec.state, rec.finished_at = StepState.SUCCEEDED.value, ctx.clock()
+    rec.message = f"Secrets {names} hold their earlier data again; what they held is kept in their history."
+    ctx.condition(C.SECRETS_RESTORED, "True", "Restored", rec.message)
+    ctx.save()
+    ctx.emit("Normal", "SecretsRestored", rec.message)
+    return None
+
+
+def _undo(ctx: Context, step: PlanStep, written: list[str]) -> None:
+    """Puts the written Secrets back to the version kept in their history before the writes."""
+    for c in step.secrets:
+        if c.name not in written:
+            continue
+        kept = next((e for e in reversed(history(ctx.kube, ctx.namespace, c.name))
+                     if e["metadata"]["annotations"].get(HASH_ANNOTATION) == c.from_hash), None)
+        secret = _read(ctx.kube, ctx.namespace, c.name, "Secret")
+        if kept is not None:
+            _write(ctx.kube, ctx.namespace, secret, kept)

@@ -15,7 +15,7 @@ from rewind import plan as planning
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import TERMINAL_PHASES, Phase, PlanStep, StepAction, StepRecord, StepState
 from rewind.context import Context, StepFailed
-from rewind.steps import database, secrets, workload
+from rewind.steps import certificates, database, secrets, workload
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,14 @@ def _plan(ctx: Context) -> float | None:
         except StepFailed as e:
             problems.append(e)
     secret_steps: list[PlanStep] = []
-    if spec.secrets:
+    tls_steps: list[PlanStep] = []
+    warnings: list[str] = []
+    if spec.secrets or spec.certificates:
         try:
-            secret_steps = [secrets.resolve(ctx.kube, ctx.namespace, spec.secrets)]
+            step, warnings = secrets.resolve(ctx.kube, ctx.namespace, spec.secrets or [],
+                                             spec.certificates or [])
+            secret_steps = [step]
+            tls_steps = certificates.verify_steps(spec.certificates or [], step.secrets)
         except StepFailed as e:
             problems.append(e)
     for target in spec.application or []:
@@ -72,12 +77,15 @@ def _plan(ctx: Context) -> float | None:
         ctx.condition(C.PLANNED, "False", reason, message)
         return _terminal(ctx, Phase.FAILED, reason, message)
 
-    steps = planning.order(spec, [*database_steps, *secret_steps], resolved)
+    steps = planning.order(spec, [*database_steps, *secret_steps], resolved) + tls_steps
     ctx.status.plan = steps
     ctx.status.steps = planning.initial_ledger(steps)
     ctx.status.progress = planning.progress(ctx.status.steps)
     summary = "; ".join(_describe(s) for s in steps)
-    ctx.condition(C.PLANNED, "True", C.PLAN_READY, f"Plan of {len(steps)} step(s): {summary}.")
+    ctx.condition(C.PLANNED, "True", C.PLAN_READY, f"Plan of {len(steps)} step(s): {summary}."
+                  + "".join(f" Warning: {w}." for w in warnings))
+    for w in warnings:
+        ctx.emit("Warning", "ManagedSecret", w)
     if spec.dry_run:
         message = f"Dry run: {summary}. Nothing was changed; the diffs are in status.plan."
         return _terminal(ctx, Phase.PLANNED, C.DRY_RUN, message, ready=True)
@@ -104,6 +112,7 @@ STEP_KINDS = {
     "WorkloadRevision": workload,
     **{kind: database for kind in database.ADVANCE},
     "SecretsRestore": secrets,
+    "TlsVerify": certificates,
 }
 
 

@@ -198,13 +198,47 @@ class SecretTarget(_Model):
                                     description="A Secret in the same namespace holding the data to restore.")
 
 
+HOSTNAME = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class TlsEndpoint(_Model):
+    """Where the restored certificate must be served, checked after the swap."""
+
+    host: str = Field(min_length=1, max_length=253, description="Address to connect to.")
+    port: int = Field(443, ge=1, le=65535)
+    server_name: str | None = Field(None, max_length=253, pattern=HOSTNAME,
+                                    description="SNI and the name to match; default: the first of hosts.")
+    timeout_seconds: int = Field(60, ge=1, le=600,
+                                 description="How long the endpoint may take to serve the restored certificate.")
+
+
+class CertificateTarget(_Model):
+    """A kubernetes.io/tls Secret to put back to an earlier certificate, validated first."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("has(self.toRevision) != has(self.fromSecret)",
+             "give exactly one of toRevision and fromSecret"),
+    ]})
+
+    secret_name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    namespace: str | None = Field(None, max_length=63, pattern=DNS_LABEL,
+                                  description="Optional; when set it must be the Rollback's own namespace.")
+    to_revision: OptionalRevisionRef = None
+    from_secret: str | None = Field(None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    hosts: list[Annotated[str, Field(max_length=253, pattern=HOSTNAME)]] = Field(
+        min_length=1, max_length=32, description="Names the certificate must cover.")
+    min_valid_days: int = Field(7, ge=0, le=365,
+                                description="The certificate must stay valid at least this long.")
+    verify: TlsEndpoint | None = None
+
+
 class RollbackSpec(_Model):
     """What to roll back, why, and how urgently."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        _cel("has(self.application) || has(self.database) || has(self.secrets)",
-             "spec must name at least one target: spec.application (workloads), spec.database "
-             "or spec.secrets"),
+        _cel("has(self.application) || has(self.database) || has(self.secrets) || has(self.certificates)",
+             "spec must name at least one target: spec.application (workloads), spec.database, "
+             "spec.secrets or spec.certificates"),
     ]})
 
     severity: Severity = Field(description="Critical, High, Medium or Low; sets the deadline.")
@@ -222,6 +256,10 @@ class RollbackSpec(_Model):
         None, min_length=1, max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
         description="Secrets to restore, all together or none (e.g. OAuth client credentials).")
+    certificates: list[CertificateTarget] | None = Field(
+        None, min_length=1, max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["secretName"]},
+        description="TLS Secrets to restore (with the Secrets, all together or none), validated first.")
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -259,6 +297,7 @@ class StepKind(str, Enum):
     DATABASE_VERIFY = "DatabaseVerify"
     DATABASE_ACTION = "DatabaseAction"
     SECRETS_RESTORE = "SecretsRestore"
+    TLS_VERIFY = "TlsVerify"
     DATABASE_SWAP = "DatabaseSwap"
 
 
@@ -280,6 +319,7 @@ class SecretChange(_Model):
     from_hash: str = Field(description="Hash of the Secret's data at planning.")
     to_hash: str = Field(description="Hash of the data to restore.")
     keys: list[str] = Field(default_factory=list, description="Key names in the restored data, with sizes.")
+    fingerprint: str | None = Field(None, description="For a certificate: SHA-256 of the restored leaf.")
 
 
 class PlanStep(_Model):

@@ -22,10 +22,11 @@ import json
 from rewind.adapters.kube import JSON_PATCH, Kube, KubeError, Resource
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
-    PREVIOUS, PlanStep, SecretChange, SecretTarget, StepAction, StepKind, StepRecord, StepState,
-    TargetRef,
+    PREVIOUS, CertificateTarget, PlanStep, SecretChange, SecretTarget, StepAction, StepKind,
+    StepRecord, StepState, TargetRef,
 )
 from rewind.context import Context, StepFailed
+from rewind.steps import certificates
 
 SECRETS = Resource("", "v1", "secrets")
 TRACK_LABEL = "rewind.dev/track"
@@ -160,22 +161,36 @@ def _source(kube: Kube, namespace: str, target: SecretTarget, current: dict) -> 
     return chosen["metadata"]["name"], chosen
 
 
-def resolve(kube: Kube, namespace: str, targets: list[SecretTarget]) -> PlanStep:
-    """Preflight for the Secrets: each exists, its source exists and is of the same type."""
-    changes, problems = [], []
-    for t in targets:
+def resolve(kube: Kube, namespace: str, targets: list[SecretTarget],
+            certs: list[CertificateTarget]) -> tuple[PlanStep, list[str]]:
+    """Preflight for the Secrets and certificates: each exists, its source exists and is of the
+    same type, a certificate's source is fit to serve. Returns the step and warnings (Secrets that
+    a controller may overwrite)."""
+    changes, problems, warnings = [], [], []
+    as_targets = [(t, None) for t in targets] + [
+        (SecretTarget(name=c.secret_name, namespace=c.namespace, to_revision=c.to_revision,
+                      from_secret=c.from_secret), c) for c in certs]
+    for t, cert in as_targets:
         try:
             if t.namespace and t.namespace != namespace:
                 raise StepFailed(C.NAMESPACE_NOT_ALLOWED,
                                  f"Secret {t.namespace}/{t.name} is in another namespace; a Rollback "
                                  f"only touches its own namespace ({namespace})")
             current = _read(kube, namespace, t.name, "Secret")
+            if cert:
+                certificates.require_tls(current, "Secret")
             source_name, source = _source(kube, namespace, t, current)
             if source.get("type", "Opaque") != current.get("type", "Opaque"):
                 raise StepFailed("SecretTypeMismatch", f"{source_name} is of type {source.get('type')}, "
                                  f"Secret {t.name} of type {current.get('type')}")
+            fp = certificates.validate(cert, source, source_name) if cert else None
+            owner = certificates.managed_by(current)
+            if owner:
+                warnings.append(f"Secret {t.name} is managed by {owner}, which may overwrite the "
+                                "restored value; pause it or pin it to the restored version")
             changes.append(SecretChange(name=t.name, source=source_name, from_hash=data_hash(current),
-                                        to_hash=data_hash(source), keys=key_summary(source)))
+                                        to_hash=data_hash(source), keys=key_summary(source),
+                                        fingerprint=fp))
         except StepFailed as e:
             problems.append(e)
     if problems:
@@ -183,7 +198,7 @@ def resolve(kube: Kube, namespace: str, targets: list[SecretTarget]) -> PlanStep
     same = all(c.from_hash == c.to_hash for c in changes)
     return PlanStep(name="secrets", kind=StepKind.SECRETS_RESTORE,
                     target=TargetRef(kind="Secrets", name=",".join(c.name for c in changes)),
-                    action=StepAction.NO_OP if same else StepAction.RESTORE, secrets=changes)
+                    action=StepAction.NO_OP if same else StepAction.RESTORE, secrets=changes), warnings
 
 
 # --- execution -------------------------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""Certificate validation before a swap: each way a TLS Secret's content can be unfit is refused
+with its own reason."""
+
+import datetime
+
+import pytest
+
+from certs import NOW, issue, pki
+from rewind.adapters import tls
+
+HOST = "www.instylehairboutique.co.za"
+WEEK = datetime.timedelta(days=7)
+
+
+def test_a_good_chain_passes_and_reports_the_leaf():
+    root, inter = pki()
+    leaf = issue(HOST, inter, hosts=[HOST, "instylehairboutique.co.za"])
+    out = tls.check_pair(leaf.cert_pem + inter.cert_pem, leaf.key_pem, hosts=[HOST], min_valid=WEEK,
+                         ca=root.cert_pem)
+    assert out.fingerprint == tls.fingerprint(leaf.cert)
+    assert HOST in out.names
+
+
+def test_wildcards_cover_one_label_only():
+    assert tls.covers(["*.instylehairboutique.co.za"], HOST)
+    assert not tls.covers(["*.instylehairboutique.co.za"], "a.b.instylehairboutique.co.za")
+    assert not tls.covers(["*.instylehairboutique.co.za"], "instylehairboutique.co.za")
+
+
+@pytest.mark.parametrize("case,reason,fragment", [
+    ("not-pem", "CertificateInvalid", "not PEM-encoded"),
+    ("bad-key", "CertificateInvalid", "tls.key is not"),
+    ("key-mismatch", "KeyMismatch", "does not belong"),
+    ("missing-intermediate", "ChainIncomplete", "neither in tls.crt, nor in ca.crt"),
+    ("wrong-order", "ChainIncomplete", "is not signed by the next certificate"),
+    ("expired", "CertificateExpired", "expired on"),
+    ("not-yet", "CertificateNotYetValid", "valid only from"),
+    ("expires-soon", "CertificateExpiresSoon", "within the required 7 day(s)"),
+    ("other-hosts", "CertificateHostMismatch", "do not cover www.instylehairboutique.co.za"),
+])
+def test_unfit_certificates_are_refused(case, reason, fragment):
+    root, inter = pki()
+    leaf = issue(HOST, inter, hosts=[HOST])
+    crt, key, ca = leaf.cert_pem + inter.cert_pem, leaf.key_pem, root.cert_pem
+    if case == "not-pem":
+        crt = b"definitely not a certificate"
+    elif case == "bad-key":
+        key = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+    elif case == "key-mismatch":
+        key = issue(HOST, inter, hosts=[HOST]).key_pem
+    elif case == "missing-intermediate":
+        crt = leaf.cert_pem
+    elif case == "wrong-order":
+        other = issue("Other Intermediate", root, ca=True)
+        crt = leaf.cert_pem + other.cert_pem
+    elif case == "expired":
+        old = issue(HOST, inter, hosts=[HOST], not_before=NOW - datetime.timedelta(days=100), days=90)
+        crt, key = old.cert_pem + inter.cert_pem, old.key_pem
+    elif case == "not-yet":
+        future = issue(HOST, inter, hosts=[HOST], not_before=NOW + datetime.timedelta(days=2))
+        crt, key = future.cert_pem + inter.cert_pem, future.key_pem
+    elif case == "expires-soon":
+        short = issue(HOST, inter, hosts=[HOST], days=4)
+        crt, key = short.cert_pem + inter.cert_pem, short.key_pem
+    elif case == "other-hosts":
+        elsewhere = issue("example.org", inter, hosts=["example.org"])
+        crt, key = elsewhere.cert_pem + inter.cert_pem, elsewhere.key_pem
+    with pytest.raises(tls.CertificateError) as err:
+        tls.check_pair(crt, key, hosts=[HOST], min_valid=WEEK, ca=ca)
+    assert err.value.reason == reason
+    assert fragment in err.value.message, err.value.message
+    assert b"PRIVATE" not in err.value.message.encode()

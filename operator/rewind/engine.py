@@ -15,7 +15,7 @@ from rewind import plan as planning
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import TERMINAL_PHASES, Phase, PlanStep, StepAction, StepRecord, StepState
 from rewind.context import Context, StepFailed
-from rewind.steps import certificates, database, secrets, workload
+from rewind.steps import certificates, consumers, database, secrets, workload
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ def _plan(ctx: Context) -> float | None:
                                              spec.certificates or [])
             secret_steps = [step]
             tls_steps = certificates.verify_steps(spec.certificates or [], step.secrets)
+            if spec.restart_consumers:
+                excluded = {(t.kind, t.name) for t in spec.application or []}
+                restart = consumers.resolve(ctx.kube, ctx.namespace, [c.name for c in step.secrets], excluded)
+                secret_steps += [restart] if restart else []
         except StepFailed as e:
             problems.append(e)
     for target in spec.application or []:
@@ -113,6 +117,7 @@ STEP_KINDS = {
     **{kind: database for kind in database.ADVANCE},
     "SecretsRestore": secrets,
     "TlsVerify": certificates,
+    "ConsumersRestart": consumers,
 }
 
 

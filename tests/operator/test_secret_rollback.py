@@ -185,3 +185,32 @@ def test_secret_spec_needs_exactly_one_source(cluster, namespace, rollback_crd):
     out = kubectl_apply(cluster, namespace, secret_rollback("both", [
         {"name": "a", "toRevision": 1, "fromSecret": "b"}]), check=False)
     assert out.returncode != 0 and "give exactly one of toRevision and fromSecret" in out.stderr
+
+
+def test_workloads_using_a_restored_secret_are_restarted_when_asked(cluster, api_client, core, namespace, operator):
+    from helpers import deployment, rolled_out
+    apps = client.AppsV1Api(api_client)
+    old, new = {"client-secret": canary("old")}, {"client-secret": canary("new")}
+    make_secret(core, namespace, "google-oauth", new, track=False)
+    make_secret(core, namespace, "google-oauth-old", old, track=False)
+    uses = deployment("web", "registry.local/web:1")
+    uses["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "GOOGLE_CLIENT_SECRET", "valueFrom": {"secretKeyRef": {"name": "google-oauth", "key": "client-secret"}}}]
+    apps.create_namespaced_deployment(namespace, uses)
+    apps.create_namespaced_deployment(namespace, deployment("other", "registry.local/other:1"))
+    for name in ("web", "other"):
+        wait_for(f"{name} rolled out", lambda: rolled_out(apps, namespace, name))
+    other_gen = apps.read_namespaced_deployment("other", namespace).metadata.generation
+
+    rb_obj = secret_rollback("restart", [{"name": "google-oauth", "fromSecret": "google-oauth-old"}])
+    rb_obj["spec"]["restartConsumers"] = True
+    kubectl_apply(cluster, namespace, rb_obj)
+    rb = wait_phase(api_client, namespace, "restart", {"Succeeded", "Failed", "Interrupted"}, timeout=90)
+    assert rb["status"]["phase"] == "Succeeded", str(rb["status"])
+    assert [s["name"] for s in rb["status"]["steps"]] == ["secrets", "restart-consumers"]
+    web = apps.read_namespaced_deployment("web", namespace)
+    assert web.spec.template.metadata.annotations["rewind.dev/restarted-by"] == rb["metadata"]["uid"]
+    assert web.metadata.annotations["deployment.kubernetes.io/revision"] == "2"
+    assert rolled_out(apps, namespace, "web")
+    assert apps.read_namespaced_deployment("other", namespace).metadata.generation == other_gen
+    assert data_of(core, namespace, "google-oauth") == old

@@ -256,6 +256,9 @@ class RollbackSpec(_Model):
         None, min_length=1, max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
         description="Secrets to restore, all together or none (e.g. OAuth client credentials).")
+    restart_consumers: bool = Field(
+        False, description="Restart (rolling) the workloads that use a restored Secret or certificate "
+                           "through env or volume, except those listed in spec.application.")
     certificates: list[CertificateTarget] | None = Field(
         None, min_length=1, max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["secretName"]},
@@ -298,6 +301,7 @@ class StepKind(str, Enum):
     DATABASE_ACTION = "DatabaseAction"
     SECRETS_RESTORE = "SecretsRestore"
     TLS_VERIFY = "TlsVerify"
+    CONSUMERS_RESTART = "ConsumersRestart"
     DATABASE_SWAP = "DatabaseSwap"
 
 

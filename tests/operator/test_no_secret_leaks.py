@@ -71,6 +71,11 @@ def test_no_secret_value_leaves_a_secret(cluster, api_client, postgres, booking_
                  "application": [{"name": "web"}]}})
     rb = wait_phase(api_client, ns, "everything", {"Succeeded", "Failed", "Interrupted"}, timeout=180)
     assert rb["status"]["phase"] == "Succeeded", str(rb["status"])
+    # The two OAuth Secrets and the TLS Secret hold their earlier data, byte for byte.
+    data = {s.metadata.name: s.data for s in core.list_namespaced_secret(ns).items}
+    assert base64.b64decode(data["google-oauth"]["client-secret"]).decode() == canaries["oauth-0"]
+    assert data["microsoft-oauth"] == data["microsoft-oauth-old"]
+    assert data["booking-tls"] == data["booking-tls-old"]
 
     haystacks = {
         "objects": cluster.kubectl("get", KINDS, "-n", ns, "-o", "json").stdout,

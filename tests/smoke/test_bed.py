@@ -9,18 +9,10 @@ import time
 import pytest
 from kubernetes import client
 
+from helpers import wait_for
+
 pytestmark = pytest.mark.cluster
 
-
-def wait_for(what, check, timeout=90.0, interval=0.25):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
 
 
 WIDGET_CRD = {

@@ -182,20 +182,25 @@ OptionalRevisionRef = Annotated[
 ]
 
 
-class SecretTarget(_Model):
-    """A Secret to put back as it was: from Rewind's history of it, or from another Secret."""
+class _SecretSource(_Model):
+    """Where a restored Secret's data comes from: Rewind's history of it, or another Secret."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         _cel("has(self.toRevision) != has(self.fromSecret)",
              "give exactly one of toRevision and fromSecret"),
     ]})
 
-    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     namespace: str | None = Field(None, max_length=63, pattern=DNS_LABEL,
                                   description="Optional; when set it must be the Rollback's own namespace.")
     to_revision: OptionalRevisionRef = None
     from_secret: str | None = Field(None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
                                     description="A Secret in the same namespace holding the data to restore.")
+
+
+class SecretTarget(_SecretSource):
+    """A Secret to put back as it was."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
 
 
 HOSTNAME = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -212,19 +217,10 @@ class TlsEndpoint(_Model):
                                  description="How long the endpoint may take to serve the restored certificate.")
 
 
-class CertificateTarget(_Model):
+class CertificateTarget(_SecretSource):
     """A kubernetes.io/tls Secret to put back to an earlier certificate, validated first."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        _cel("has(self.toRevision) != has(self.fromSecret)",
-             "give exactly one of toRevision and fromSecret"),
-    ]})
-
     secret_name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
-    namespace: str | None = Field(None, max_length=63, pattern=DNS_LABEL,
-                                  description="Optional; when set it must be the Rollback's own namespace.")
-    to_revision: OptionalRevisionRef = None
-    from_secret: str | None = Field(None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     hosts: list[Annotated[str, Field(max_length=253, pattern=HOSTNAME)]] = Field(
         min_length=1, max_length=32, description="Names the certificate must cover.")
     min_valid_days: int = Field(7, ge=0, le=365,

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from rewind.adapters import db
-from rewind.adapters.kube import Kube, KubeError, Resource
+from rewind.adapters.kube import Kube
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
     DatabaseSpec, DatabaseStatus, PlanStep, StepAction, StepKind, StepRecord, StepState, TargetRef,
@@ -32,8 +32,8 @@ from rewind.api.v1alpha1 import (
 )
 from rewind.context import Context, StepFailed
 from rewind.steps import jobs
+from rewind.steps.secrets import read_secret
 
-SECRETS = Resource("", "v1", "secrets")
 MAINTENANCE_DB = "postgres"
 JOB_POLL_SECONDS = 0.5
 
@@ -119,14 +119,7 @@ def backup_to(spec: DatabaseSpec, namespace: str, name: str, uid: str) -> tuple[
 
 def connection(kube: Kube, namespace: str, spec: DatabaseSpec) -> db.Target:
     ref = spec.connection.secret_ref
-    try:
-        secret = kube.get(SECRETS, namespace, ref.name)
-    except KubeError as e:
-        if e.not_found:
-            raise StepFailed("SecretNotFound", f"the connection Secret {namespace}/{ref.name} does not exist") from None
-        if e.forbidden:
-            raise StepFailed(C.FORBIDDEN, f"the operator may not read Secret {namespace}/{ref.name}") from None
-        raise
+    secret = read_secret(kube, namespace, ref.name, "the connection Secret")
     value = (secret.get("data") or {}).get(ref.key)
     if value is None:
         raise StepFailed("SecretKeyNotFound",

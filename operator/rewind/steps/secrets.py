@@ -126,7 +126,7 @@ def _delete(kube: Kube, namespace: str, name: str) -> None:
 # --- planning --------------------------------------------------------------------------------
 
 
-def _read(kube: Kube, namespace: str, name: str, what: str) -> dict:
+def read_secret(kube: Kube, namespace: str, name: str, what: str) -> dict:
     try:
         return kube.get(SECRETS, namespace, name)
     except KubeError as e:
@@ -139,7 +139,7 @@ def _read(kube: Kube, namespace: str, name: str, what: str) -> dict:
 
 def _source(kube: Kube, namespace: str, target: SecretTarget, current: dict) -> tuple[str, dict]:
     if target.from_secret:
-        src = _read(kube, namespace, target.from_secret, "the Secret to restore from")
+        src = read_secret(kube, namespace, target.from_secret, "the Secret to restore from")
         return src["metadata"]["name"], src
     entries = history(kube, namespace, target.name)
     if not entries:
@@ -176,7 +176,7 @@ def resolve(kube: Kube, namespace: str, targets: list[SecretTarget],
                 raise StepFailed(C.NAMESPACE_NOT_ALLOWED,
                                  f"Secret {t.namespace}/{t.name} is in another namespace; a Rollback "
                                  f"only touches its own namespace ({namespace})")
-            current = _read(kube, namespace, t.name, "Secret")
+            current = read_secret(kube, namespace, t.name, "Secret")
             if cert:
                 certificates.require_tls(current, "Secret")
             source_name, source = _source(kube, namespace, t, current)
@@ -225,7 +225,7 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
         ctx.save()   # intent, before the writes
 
     ns = ctx.namespace
-    current = {c.name: _read(ctx.kube, ns, c.name, "Secret") for c in step.secrets}
+    current = {c.name: read_secret(ctx.kube, ns, c.name, "Secret") for c in step.secrets}
     for c in step.secrets:   # what they hold now is kept, so the rollback can be undone
         if data_hash(current[c.name]) == c.from_hash:
             record(ctx.kube, current[c.name])
@@ -239,7 +239,7 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
             if here != c.from_hash:
                 raise StepFailed(C.CONFLICT, f"Secret {c.name} changed after planning; nothing of "
                                              "it was written")
-            source = _read(ctx.kube, ns, c.source, "the Secret to restore from")
+            source = read_secret(ctx.kube, ns, c.source, "the Secret to restore from")
             if data_hash(source) != c.to_hash:
                 raise StepFailed(C.CONFLICT, f"{c.source} changed after planning")
             try:
@@ -267,6 +267,6 @@ def _undo(ctx: Context, step: PlanStep, written: list[str]) -> None:
             continue
         kept = next((e for e in reversed(history(ctx.kube, ctx.namespace, c.name))
                      if e["metadata"]["annotations"].get(HASH_ANNOTATION) == c.from_hash), None)
-        secret = _read(ctx.kube, ctx.namespace, c.name, "Secret")
+        secret = read_secret(ctx.kube, ctx.namespace, c.name, "Secret")
         if kept is not None:
             _write(ctx.kube, ctx.namespace, secret, kept)

@@ -17,6 +17,7 @@ demo: bootstrap  ## the end-to-end demo: the booking app rolled back on the loca
 	$(PY) examples/booking/demo.py
 
 bench: bootstrap  ## benchmarks (not tests): Rewind against the manual alternative, side by side
+	$(PY) bench/workload_undo.py
 	$(PY) bench/db_restore.py
 
 cluster: bootstrap  ## start the local control plane in the foreground; prints how to use kubectl

@@ -70,3 +70,16 @@ def test_unfit_certificates_are_refused(case, reason, fragment):
     assert err.value.reason == reason
     assert fragment in err.value.message, err.value.message
     assert b"PRIVATE" not in err.value.message.encode()
+
+
+def test_secrets_owned_by_controllers_are_recognised():
+    from rewind.steps.certificates import managed_by
+    plain = {"metadata": {"name": "s"}}
+    assert managed_by(plain) is None
+    assert managed_by({"metadata": {"name": "s", "annotations": {"cert-manager.io/certificate-name": "web"}}}) \
+        == "cert-manager (Certificate web)"
+    owned = {"metadata": {"name": "s", "ownerReferences": [
+        {"apiVersion": "external-secrets.io/v1beta1", "kind": "ExternalSecret", "name": "oauth"}]}}
+    assert managed_by(owned) == "external-secrets (ExternalSecret oauth)"
+    labelled = {"metadata": {"name": "s", "labels": {"reconcile.external-secrets.io/created-by": "x"}}}
+    assert managed_by(labelled) == "external-secrets"

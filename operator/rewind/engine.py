@@ -15,7 +15,7 @@ from rewind import plan as planning
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import TERMINAL_PHASES, Phase, PlanStep, StepAction, StepRecord, StepState
 from rewind.context import Context, StepFailed
-from rewind.steps import certificates, consumers, database, secrets, workload
+from rewind.steps import certificates, consumers, database, secrets, verification, workload
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ def _plan(ctx: Context) -> float | None:
         ctx.condition(C.PLANNED, "False", reason, message)
         return _terminal(ctx, Phase.FAILED, reason, message)
 
-    steps = planning.order(spec, [*database_steps, *secret_steps], resolved) + tls_steps
+    steps = planning.order(spec, [*database_steps, *secret_steps], resolved) + tls_steps \
+        + verification.plan(spec.verification)
     ctx.status.plan = steps
     ctx.status.steps = planning.initial_ledger(steps)
     ctx.status.progress = planning.progress(ctx.status.steps)
@@ -118,6 +119,7 @@ STEP_KINDS = {
     "SecretsRestore": secrets,
     "TlsVerify": certificates,
     "ConsumersRestart": consumers,
+    "HttpCheck": verification,
 }
 
 

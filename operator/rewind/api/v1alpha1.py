@@ -228,6 +228,49 @@ class CertificateTarget(_SecretSource):
     verify: TlsEndpoint | None = None
 
 
+class HttpMethod(str, Enum):
+    GET = "GET"
+    HEAD = "HEAD"
+    POST = "POST"
+
+
+class HttpCheck(_Model):
+    """An HTTP check after the rollback, with Argo-style measurement semantics: `count`
+    measurements `intervalSeconds` apart; it fails as soon as more than `failureLimit` failed."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("!has(self.jsonEquals) || has(self.jsonPath)", "jsonEquals needs jsonPath"),
+    ]})
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://[^\s]+$")
+    method: HttpMethod = HttpMethod.GET
+    expect_status: int = Field(200, ge=100, le=599)
+    body_contains: str | None = Field(None, max_length=1024)
+    json_path: str | None = Field(None, max_length=256, pattern=r"^\$(\.[A-Za-z0-9_-]+|\[[0-9]+\])*$",
+                                  description="A value in a JSON body, e.g. $.status or $.checks[0].ok.")
+    json_equals: str | None = Field(None, max_length=1024, description="Compared as text with the value at jsonPath.")
+    max_latency_ms: int | None = Field(None, ge=1, le=600_000)
+    count: int = Field(1, ge=1, le=100)
+    interval_seconds: int = Field(2, ge=0, le=300)
+    failure_limit: int = Field(0, ge=0, le=100)
+    timeout_seconds: int = Field(10, ge=1, le=300)
+    insecure_skip_tls_verify: bool = Field(False, description="TLS is verified unless this is set.")
+
+
+class FailurePolicy(str, Enum):
+    FAIL = "Fail"
+    WARN = "Warn"
+
+
+class Verification(_Model):
+    http: list[HttpCheck] | None = Field(
+        None, max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    on_failure: FailurePolicy = Field(FailurePolicy.FAIL, description="Fail: the rollback fails. "
+                                      "Warn: it finishes, with Verified=False.")
+
+
 class RollbackSpec(_Model):
     """What to roll back, why, and how urgently."""
 
@@ -252,6 +295,7 @@ class RollbackSpec(_Model):
         None, min_length=1, max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
         description="Secrets to restore, all together or none (e.g. OAuth client credentials).")
+    verification: Verification | None = None
     restart_consumers: bool = Field(
         False, description="Restart (rolling) the workloads that use a restored Secret or certificate "
                            "through env or volume, except those listed in spec.application.")
@@ -298,6 +342,7 @@ class StepKind(str, Enum):
     SECRETS_RESTORE = "SecretsRestore"
     TLS_VERIFY = "TlsVerify"
     CONSUMERS_RESTART = "ConsumersRestart"
+    HTTP_CHECK = "HttpCheck"
     DATABASE_SWAP = "DatabaseSwap"
 
 
@@ -358,6 +403,7 @@ class StepRecord(_Model):
     started_at: datetime.datetime | None = None
     finished_at: datetime.datetime | None = None
     attempts: int = 0
+    failures: int = Field(0, description="Failed measurements of a check step.")
     message: str | None = None
     restored_revision: int | None = Field(None, description="Revision number the controller gave the restored template.")
 

@@ -1,0 +1,67 @@
+"""One HTTP measurement against real local servers: each way an endpoint can be wrong is a
+failed measurement with a reason; TLS is verified; redirects are not followed; bodies are capped."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import httpservers
+from certs import issue
+from rewind.adapters import http
+from rewind.api.v1alpha1 import HttpCheck
+
+
+@pytest.fixture(scope="module")
+def base():
+    server, url = httpservers.start()
+    yield url
+    server.shutdown()
+
+
+def check(url, **kw):
+    return HttpCheck.model_validate({"name": "c", "url": url, **kw})
+
+
+def test_healthy_endpoint_with_json_path(base):
+    m = http.measure(check(f"{base}/api/health", jsonPath="$.status", jsonEquals="ok", bodyContains="db"))
+    assert m.ok and "answered 200" in m.detail
+    assert http.measure(check(f"{base}/api/health", jsonPath="$.checks[0].ok", jsonEquals="true")).ok
+
+
+@pytest.mark.parametrize("path,kw,fragment", [
+    ("/error", {}, "answered 500, expected 200"),
+    ("/slow", {"maxLatencyMs": 500}, "more than 500 ms"),
+    ("/slow", {"timeoutSeconds": 1}, "did not answer within 1s"),
+    ("/huge", {}, "body larger than 1024 KiB"),
+    ("/forever", {"timeoutSeconds": 5}, "body larger than 1024 KiB"),
+    ("/redirect", {}, "answered 302, expected 200 (redirect to http://elsewhere.example.com/ not followed)"),
+    ("/api/health", {"jsonPath": "$.status", "jsonEquals": "degraded"}, "$.status is 'ok', expected 'degraded'"),
+    ("/api/health", {"jsonPath": "$.missing"}, "no JSON value at $.missing"),
+    ("/api/health", {"bodyContains": "everything fine"}, "does not contain the expected text"),
+])
+def test_unhealthy_answers_fail_with_a_reason(base, path, kw, fragment):
+    t0 = time.monotonic()
+    m = http.measure(check(f"{base}{path}", **kw))
+    assert not m.ok
+    assert fragment in m.detail, m.detail
+    assert time.monotonic() - t0 < 10
+
+
+def test_tls_is_verified_unless_the_check_says_otherwise(tmp_path):
+    leaf = issue("localhost", hosts=["localhost"])          # self-signed: not trusted
+    (tmp_path / "c.pem").write_bytes(leaf.cert_pem)
+    (tmp_path / "k.pem").write_bytes(leaf.key_pem)
+    server, url = httpservers.start(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+    try:
+        refused = http.measure(check(f"{url}/api/health"))
+        assert not refused.ok and "not trusted" in refused.detail
+        assert http.measure(check(f"{url}/api/health", insecureSkipTlsVerify=True)).ok
+    finally:
+        server.shutdown()
+
+
+def test_connection_refused():
+    m = http.measure(check("http://127.0.0.1:1/api/health", timeoutSeconds=2))
+    assert not m.ok and "connection failed" in m.detail

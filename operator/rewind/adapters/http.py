@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 
 import httpx
 
+from rewind.adapters.measurement import Measurement
 from rewind.api.v1alpha1 import HttpCheck
 
 MAX_BODY = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Measurement:
-    ok: bool
-    detail: str
+def _m(ok: bool, detail: str) -> Measurement:
+    return Measurement("Passed" if ok else "Failed", detail)
 
 
 def json_value(document, path: str):
@@ -44,34 +42,34 @@ def measure(check: HttpCheck) -> Measurement:
                 for chunk in response.iter_bytes():
                     body += chunk
                     if len(body) > MAX_BODY:
-                        return Measurement(False, f"{check.url} answered {response.status_code} with a "
+                        return _m(False, f"{check.url} answered {response.status_code} with a "
                                                   f"body larger than {MAX_BODY // 1024} KiB")
                     if time.monotonic() - t0 > check.timeout_seconds:
-                        return Measurement(False, f"{check.url} did not finish its body within "
+                        return _m(False, f"{check.url} did not finish its body within "
                                                   f"{check.timeout_seconds}s")
     except httpx.ConnectError as e:
         reason = "its TLS certificate is not trusted" if "CERTIFICATE_VERIFY_FAILED" in str(e) else "connection failed"
-        return Measurement(False, f"{check.url}: {reason}")
+        return _m(False, f"{check.url}: {reason}")
     except httpx.TimeoutException:
-        return Measurement(False, f"{check.url} did not answer within {check.timeout_seconds}s")
+        return _m(False, f"{check.url} did not answer within {check.timeout_seconds}s")
     except httpx.HTTPError as e:
-        return Measurement(False, f"{check.url}: {type(e).__name__}")
+        return _m(False, f"{check.url}: {type(e).__name__}")
     ms = int((time.monotonic() - t0) * 1000)
     status = response.status_code
     if status != check.expect_status:
         where = f" (redirect to {response.headers.get('location', '?')} not followed)" if 300 <= status < 400 else ""
-        return Measurement(False, f"{check.url} answered {status}, expected {check.expect_status}{where}")
+        return _m(False, f"{check.url} answered {status}, expected {check.expect_status}{where}")
     if check.max_latency_ms and ms > check.max_latency_ms:
-        return Measurement(False, f"{check.url} took {ms} ms, more than {check.max_latency_ms} ms")
+        return _m(False, f"{check.url} took {ms} ms, more than {check.max_latency_ms} ms")
     text = body.decode("utf-8", errors="replace")
     if check.body_contains and check.body_contains not in text:
-        return Measurement(False, f"{check.url}'s body does not contain the expected text")
+        return _m(False, f"{check.url}'s body does not contain the expected text")
     if check.json_path:
         try:
             value = json_value(json.loads(text), check.json_path)
         except (ValueError, KeyError, IndexError, TypeError):
-            return Measurement(False, f"{check.url}'s body has no JSON value at {check.json_path}")
+            return _m(False, f"{check.url}'s body has no JSON value at {check.json_path}")
         shown = value if isinstance(value, str) else json.dumps(value)
         if check.json_equals is not None and shown != check.json_equals:
-            return Measurement(False, f"{check.json_path} is {shown[:100]!r}, expected {check.json_equals!r}")
-    return Measurement(True, f"{check.url} answered {status} in {ms} ms")
+            return _m(False, f"{check.json_path} is {shown[:100]!r}, expected {check.json_equals!r}")
+    return _m(True, f"{check.url} answered {status} in {ms} ms")

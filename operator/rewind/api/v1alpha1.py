@@ -232,11 +232,30 @@ class HttpMethod(str, Enum):
     GET = "GET"
     HEAD = "HEAD"
     POST = "POST"
+    PUT = "PUT"
 
 
-class HttpCheck(_Model):
-    """An HTTP check after the rollback, with Argo-style measurement semantics: `count`
-    measurements `intervalSeconds` apart; it fails as soon as more than `failureLimit` failed."""
+class _Measured(_Model):
+    """Argo-style measurement semantics shared by every check: `count` measurements
+    `intervalSeconds` apart. A measurement passes, fails (the target answered wrongly, or not at
+    all) or is inconclusive (the check itself could not get an answer). The check fails as soon as
+    more than `failureLimit` measurements failed, or more than `consecutiveFailureLimit` failed in
+    a row; it is Inconclusive when more than `inconclusiveLimit` were inconclusive; else it passes
+    once all were taken."""
+
+    count: int = Field(1, ge=1, le=100)
+    interval_seconds: int = Field(2, ge=0, le=300)
+    failure_limit: int = Field(0, ge=0, le=100, description="Failed measurements tolerated in all.")
+    consecutive_failure_limit: int | None = Field(
+        None, ge=0, le=100, description="Failed measurements tolerated in a row (default: no limit "
+                                        "beyond failureLimit).")
+    inconclusive_limit: int = Field(0, ge=0, le=100,
+                                    description="Inconclusive measurements tolerated in all.")
+    timeout_seconds: int = Field(10, ge=1, le=300, description="Bound on one measurement.")
+
+
+class HttpCheck(_Measured):
+    """An HTTP check after the rollback: status, body text or a JSON value, and latency."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         _cel("!has(self.jsonEquals) || has(self.jsonPath)", "jsonEquals needs jsonPath"),
@@ -251,11 +270,34 @@ class HttpCheck(_Model):
                                   description="A value in a JSON body, e.g. $.status or $.checks[0].ok.")
     json_equals: str | None = Field(None, max_length=1024, description="Compared as text with the value at jsonPath.")
     max_latency_ms: int | None = Field(None, ge=1, le=600_000)
-    count: int = Field(1, ge=1, le=100)
-    interval_seconds: int = Field(2, ge=0, le=300)
-    failure_limit: int = Field(0, ge=0, le=100)
-    timeout_seconds: int = Field(10, ge=1, le=300)
     insecure_skip_tls_verify: bool = Field(False, description="TLS is verified unless this is set.")
+
+
+class SqlCheck(_Measured):
+    """A named, read-only SQL check on the live database after the rollback. The query runs in a
+    READ ONLY transaction with a statement timeout; at most `rowLimit` rows are read (more makes
+    the measurement inconclusive). Parameters are bound (`%(name)s` in the query), never spliced.
+    With `equals`, the first column of the single row must equal it as text; with `minRows` /
+    `maxRows`, the row count must lie between them; with neither, the query must return a row
+    whose first column is true or a non-zero number (e.g. `SELECT count(*) > 0 FROM users`)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("!has(self.minRows) || !has(self.maxRows) || self.minRows <= self.maxRows",
+             "minRows must not be larger than maxRows"),
+        _cel("!has(self.equals) || (!has(self.minRows) && !has(self.maxRows))",
+             "give equals, or minRows/maxRows, not both"),
+    ]})
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
+    query: str = Field(min_length=1, max_length=8192, description="One SQL statement, read-only.")
+    params: dict[str, Annotated[str, Field(max_length=1024)]] | None = Field(
+        None, max_length=32, description="Values bound to %(name)s placeholders, as text.")
+    connection: DatabaseConnection | None = Field(
+        None, description="Default: spec.database.connection. A read-only role is a good idea.")
+    equals: str | None = Field(None, max_length=1024)
+    min_rows: int | None = Field(None, ge=0)
+    max_rows: int | None = Field(None, ge=0)
+    row_limit: int = Field(1000, ge=1, le=10000, description="Rows read at most.")
 
 
 class FailurePolicy(str, Enum):
@@ -267,8 +309,154 @@ class Verification(_Model):
     http: list[HttpCheck] | None = Field(
         None, max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
-    on_failure: FailurePolicy = Field(FailurePolicy.FAIL, description="Fail: the rollback fails. "
-                                      "Warn: it finishes, with Verified=False.")
+    sql: list[SqlCheck] | None = Field(
+        None, max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    on_failure: FailurePolicy = Field(FailurePolicy.FAIL, description="Fail: the rollback fails "
+                                      "when a check fails or is inconclusive. Warn: it finishes, "
+                                      "with Verified=False (or Unknown when inconclusive).")
+
+
+class NotificationEvent(str, Enum):
+    STARTED = "Started"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    STEP_FAILED = "StepFailed"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    DEADLINE_MISSED = "DeadlineMissed"
+
+
+class SlackTarget(_Model):
+    webhook_secret_ref: SecretKeyRef = Field(description="Secret key holding the incoming-webhook URL.")
+
+
+class WebhookTarget(_Model):
+    """A generic JSON webhook: POST of the event, with an `Idempotency-Key` header (the same on
+    every retry of one notification) so the receiver can drop repeats."""
+
+    url_secret_ref: SecretKeyRef = Field(description="Secret key holding the URL.")
+    insecure_skip_tls_verify: bool = False
+
+
+class SmtpSecurity(str, Enum):
+    STARTTLS = "StartTLS"
+    TLS = "TLS"
+    NONE = "None"
+
+
+class SmtpServer(_Model):
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(587, ge=1, le=65535)
+    security: SmtpSecurity = Field(SmtpSecurity.STARTTLS, description="StartTLS (default), TLS, or "
+                                   "None (plain; only without credentials).")
+    credentials_secret_ref: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN,
+        description="Secret with `username` and `password` keys for SMTP AUTH.")
+    ca_secret_ref: SecretKeyRef | None = Field(None, description="CA certificate (PEM) to trust for TLS.")
+
+
+class EmailTarget(_Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("self.smtp.security != 'None' || !has(self.smtp.credentialsSecretRef)",
+             "SMTP credentials are only sent over TLS: set smtp.security to StartTLS or TLS"),
+    ]})
+
+    smtp: SmtpServer
+    sender: str = Field(alias="from", min_length=3, max_length=254, pattern=r"^[^@\s<>]+@[^@\s<>]+$")
+    to: list[Annotated[str, Field(max_length=254, pattern=r"^[^@\s<>]+@[^@\s<>]+$")]] = Field(
+        min_length=1, max_length=32)
+
+
+class Notification(_Model):
+    """Where to tell people, about which events, for which severities (the seed pages by SMS, a
+    webhook here, only for Critical). A failed notification is retried and recorded in
+    status.notifications; it never fails the rollback."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("[has(self.slack), has(self.webhook), has(self.email)].filter(x, x).size() == 1",
+             "give exactly one of slack, webhook and email"),
+    ]})
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
+    events: list[NotificationEvent] | None = Field(None, max_length=6, description="Default: all.")
+    severities: list[Severity] | None = Field(None, max_length=4, description="Default: all.")
+    slack: SlackTarget | None = None
+    webhook: WebhookTarget | None = None
+    email: EmailTarget | None = None
+
+
+class HttpCall(_Model):
+    """One HTTP call of a hook; a 2xx answer is success. The URL may come from a Secret."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("has(self.url) != has(self.urlSecretRef)", "give exactly one of url and urlSecretRef"),
+    ]})
+
+    url: str | None = Field(None, max_length=2048, pattern=r"^https?://[^\s]+$")
+    url_secret_ref: SecretKeyRef | None = None
+    method: HttpMethod = HttpMethod.POST
+    body: str | None = Field(None, max_length=8192, description="Request body, sent as JSON.")
+    timeout_seconds: int = Field(10, ge=1, le=120)
+    insecure_skip_tls_verify: bool = False
+
+
+class HttpHook(_Model):
+    enter: HttpCall
+    exit: HttpCall
+
+
+class ServiceSwitch(_Model):
+    """Point a Service at a maintenance backend (its selector replaced) and back afterwards."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
+    selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        min_length=1, max_length=16, description="The maintenance backend's pod labels.")
+
+
+class Maintenance(_Model):
+    """The seed's maintenance window, entered first and exited last, even when the rollback fails."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("has(self.http) || has(self.service)", "give http, service, or both"),
+    ]})
+
+    http: HttpHook | None = None
+    service: ServiceSwitch | None = None
+
+
+class ScaledWorkload(_Model):
+    kind: Literal["Deployment", "StatefulSet"] = "Deployment"
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+
+
+class SilenceMatcher(_Model):
+    name: str = Field(min_length=1, max_length=256)
+    value: str = Field(max_length=1024)
+    is_regex: bool = False
+    is_equal: bool = True
+
+
+class AlertmanagerSilence(_Model):
+    """A silence created through Alertmanager's HTTP API (v2) and expired afterwards."""
+
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://[^\s]+$",
+                     description="Alertmanager's base URL, e.g. http://alertmanager.monitoring:9093.")
+    matchers: list[SilenceMatcher] = Field(min_length=1, max_length=16)
+    max_duration_minutes: int = Field(120, ge=5, le=1440, description="The silence ends by itself "
+                                      "after this long, should Rewind not get to expire it.")
+    insecure_skip_tls_verify: bool = False
+
+
+class Monitoring(_Model):
+    """Quiet the monitoring while the rollback runs, and resume it afterwards, even on failure."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("has(self.scaleDown) || has(self.alertmanager)", "give scaleDown, alertmanager, or both"),
+    ]})
+
+    scale_down: list[ScaledWorkload] | None = Field(
+        None, min_length=1, max_length=8, description="Scaled to 0, then back to their replicas.")
+    alertmanager: AlertmanagerSilence | None = None
 
 
 class RollbackSpec(_Model):
@@ -303,6 +491,11 @@ class RollbackSpec(_Model):
         None, min_length=1, max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["secretName"]},
         description="TLS Secrets to restore (with the Secrets, all together or none), validated first.")
+    notifications: list[Notification] | None = Field(
+        None, max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    maintenance: Maintenance | None = None
+    monitoring: Monitoring | None = None
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -343,7 +536,12 @@ class StepKind(str, Enum):
     TLS_VERIFY = "TlsVerify"
     CONSUMERS_RESTART = "ConsumersRestart"
     HTTP_CHECK = "HttpCheck"
+    SQL_CHECK = "SqlCheck"
     DATABASE_SWAP = "DatabaseSwap"
+    MAINTENANCE_ENTER = "MaintenanceEnter"
+    MAINTENANCE_EXIT = "MaintenanceExit"
+    MONITORING_SUSPEND = "MonitoringSuspend"
+    MONITORING_RESUME = "MonitoringResume"
 
 
 class StepAction(str, Enum):
@@ -383,6 +581,8 @@ class PlanStep(_Model):
     job_name: str | None = Field(None, description="The Job a database step runs (derived from the UID).")
     secrets: list["SecretChange"] = Field(default_factory=list,
                                           description="For a secrets step: what each Secret goes back to.")
+    cleanup: bool = Field(False, description="Runs even when an earlier step failed (exit "
+                                             "maintenance, resume monitoring).")
 
 
 class StepState(str, Enum):
@@ -405,6 +605,7 @@ class StepRecord(_Model):
     attempts: int = 0
     failures: int = Field(0, description="Failed measurements of a check step.")
     message: str | None = None
+    reason: str | None = Field(None, description="Why a step failed, was skipped or interrupted.")
     restored_revision: int | None = Field(None, description="Revision number the controller gave the restored template.")
 
 
@@ -438,6 +639,41 @@ class DatabaseStatus(_Model):
     swapped_at: datetime.datetime | None = None
 
 
+class NotificationState(str, Enum):
+    PENDING = "Pending"
+    SENT = "Sent"
+    FAILED = "Failed"
+
+
+class NotificationRecord(_Model):
+    """One notification of one event to one channel: recorded before it is sent (the outbox), so a
+    restarted operator sends it again with the same idempotency key, never a second one."""
+
+    channel: str
+    event: NotificationEvent
+    key: str = Field(description="Idempotency key: the same on every attempt of this notification.")
+    message: str = Field(max_length=2048)
+    state: NotificationState = NotificationState.PENDING
+    attempts: int = 0
+    queued_at: datetime.datetime
+    next_attempt_at: datetime.datetime | None = None
+    sent_at: datetime.datetime | None = None
+    last_error: str | None = Field(None, description="Why the last attempt failed (never a URL or credential).")
+
+
+class HookStatus(_Model):
+    """What the maintenance and monitoring hooks changed, so that exit and resume put it back."""
+
+    service_selector: dict[str, str] | None = Field(None, description="The Service's selector before the switch.")
+    scaled_replicas: dict[str, int] | None = Field(None, description="kind/name: replicas before scaling down.")
+    silence_id: str | None = None
+    silence_ends_at: datetime.datetime | None = None
+
+
+class ReportRef(_Model):
+    config_map_ref: str = Field(description="ConfigMap holding the incident report (report.md).")
+
+
 class RollbackStatus(_Model):
     observed_generation: int | None = None
     phase: Phase | None = None
@@ -454,6 +690,9 @@ class RollbackStatus(_Model):
     duration: str | None = Field(None, description="From start to completion, e.g. 1m12s.")
     verification: list[VerificationResult] = Field(default_factory=list)
     database: DatabaseStatus | None = None
+    notifications: list[NotificationRecord] = Field(default_factory=list)
+    hooks: HookStatus | None = None
+    report: ReportRef | None = None
 
 
 class Rollback(BaseModel):

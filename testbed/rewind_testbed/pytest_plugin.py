@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from rewind_testbed.alertmanager import Alertmanager
 from rewind_testbed.cluster import ControlPlane
 from rewind_testbed.postgres import PostgresServer, find_bindir
 
@@ -130,6 +131,17 @@ def database(request, postgres: PostgresServer) -> str:
     postgres.create_database(name)
     yield name
     postgres.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def alertmanager(bed_dir: Path) -> Alertmanager:
+    """A real Alertmanager on loopback, its API at `alertmanager.url`; its receiver sends nothing."""
+    am = Alertmanager.start(bed_dir / "alertmanager")
+    print(f"\nAlertmanager up at {am.url}; log in {am.log}")
+    try:
+        yield am
+    finally:
+        am.stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@
     rewind crd [--write]                                  render the Rollback CRD from the models
     rewind history secret/NAME [-n NS]                    a tracked Secret's recorded versions
                                                           (key names, sizes, hashes; never values)
+    rewind report NAME [-n NS]                            a Rollback's incident report
 """
 
 from __future__ import annotations
@@ -85,6 +86,34 @@ def _history(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from rewind import report
+    from rewind.adapters.kube import ROLLBACKS, Kube, KubeError, load_api_client
+    from rewind.steps.report import CONFIG_MAPS, KEY
+
+    kube = Kube(load_api_client(args.kubeconfig))
+    namespace = args.namespace or _current_namespace(args.kubeconfig)
+    try:
+        rb = kube.get(ROLLBACKS, namespace, args.name)
+    except KubeError as e:
+        print(f"error: Rollback {namespace}/{args.name}: {'not found' if e.not_found else e.reason or e.status}",
+              file=sys.stderr)
+        return 1
+    ref = (rb.get("status") or {}).get("report", {}).get("configMapRef")
+    if ref:
+        try:
+            sys.stdout.write(kube.get(CONFIG_MAPS, namespace, ref)["data"][KEY])
+            return 0
+        except (KubeError, KeyError):
+            print(f"note: the report ConfigMap {ref} cannot be read; rendering it from the "
+                  "Rollback's status instead", file=sys.stderr)
+    else:
+        print("note: the rollback is not over yet; this is its report so far, rendered from its "
+              "status", file=sys.stderr)
+    sys.stdout.write(report.render(rb))
+    return 0
+
+
 def _current_namespace(kubeconfig: str | None) -> str:
     from kubernetes import config
 
@@ -117,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--namespace", "-n")
     hist.add_argument("--kubeconfig")
     hist.set_defaults(func=_history)
+    rep = sub.add_parser("report", help="a Rollback's incident report")
+    rep.add_argument("name", help="the Rollback's name")
+    rep.add_argument("--namespace", "-n")
+    rep.add_argument("--kubeconfig")
+    rep.set_defaults(func=_report)
     return parser
 
 

@@ -15,6 +15,8 @@ from rewind.api.v1alpha1 import Condition, Rollback
 class StepFailed(ReasonedError):
     """A step (or its preflight) cannot go on; the rollback fails with this reason and message."""
 
+    retryable = False   # a hook's step may retry a few times those that say so
+
 
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)

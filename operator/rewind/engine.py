@@ -13,22 +13,33 @@ import logging
 
 from rewind import plan as planning
 from rewind.api import conditions as C
-from rewind.api.v1alpha1 import TERMINAL_PHASES, Phase, PlanStep, StepAction, StepRecord, StepState
+from rewind.api.v1alpha1 import (
+    TERMINAL_PHASES, NotificationEvent, Phase, PlanStep, StepAction, StepKind, StepRecord, StepState,
+)
 from rewind.context import Context, StepFailed
-from rewind.steps import certificates, consumers, database, secrets, verification, workload
+from rewind.steps import (
+    certificates, consumers, database, hooks, notifications, report, secrets, verification, workload,
+)
 
 log = logging.getLogger(__name__)
 
 def advance(ctx: Context) -> float | None:
     """Moves the rollback on; returns seconds until it should be called again, or None when it
-    reached a terminal phase (or already was in one)."""
+    reached a terminal phase (or already was in one) and nothing is left to send."""
     if ctx.status.phase in TERMINAL_PHASES:
-        return None
-    if ctx.status.started_at is None or not ctx.status.plan:
+        delay = None
+    elif ctx.status.started_at is None or not ctx.status.plan:
         # Not planned yet, or planning was interrupted (a crash, an API error) before the plan
         # was saved: preflight only reads, so it simply runs again.
-        return _plan(ctx)
-    return _execute(ctx)
+        delay = _plan(ctx)
+    else:
+        delay = _execute(ctx)
+    # After the steps (and also once the rollback is over): the outbox, then the report.
+    retry = notifications.deliver(ctx)
+    if ctx.status.phase in TERMINAL_PHASES and ctx.status.phase != Phase.PLANNED.value:
+        report.sync(ctx)
+    waits = [d for d in (delay, retry) if d is not None]
+    return min(waits) if waits else None
 
 
 # --- planning --------------------------------------------------------------------------------
@@ -74,6 +85,12 @@ def _plan(ctx: Context) -> float | None:
             resolved[r.step.name] = r.step
         except StepFailed as e:
             problems.append(e)
+    for check in (hooks.resolve, verification.resolve):
+        try:
+            check(ctx.kube, ctx.namespace, spec)
+        except StepFailed as e:
+            problems.append(e)
+    warnings += notifications.preflight(ctx)
     if problems:
         message = "Preflight refused the rollback; nothing was changed: " + \
             "; ".join(p.message for p in problems) + "."
@@ -81,8 +98,9 @@ def _plan(ctx: Context) -> float | None:
         ctx.condition(C.PLANNED, "False", reason, message)
         return _terminal(ctx, Phase.FAILED, reason, message)
 
-    steps = planning.order(spec, [*database_steps, *secret_steps], resolved) + tls_steps \
-        + verification.plan(spec.verification)
+    head, tail = hooks.plan(spec)
+    steps = head + planning.order(spec, [*database_steps, *secret_steps], resolved) + tls_steps \
+        + verification.plan(spec) + tail
     ctx.status.plan = steps
     ctx.status.steps = planning.initial_ledger(steps)
     ctx.status.progress = planning.progress(ctx.status.steps)
@@ -96,8 +114,11 @@ def _plan(ctx: Context) -> float | None:
         return _terminal(ctx, Phase.PLANNED, C.DRY_RUN, message, ready=True)
     ctx.condition(C.READY, "False", C.EXECUTING, "The plan is fixed; executing it.")
     ctx.condition(C.RECONCILING, "True", C.EXECUTING, "The plan is fixed; executing it.")
+    notifications.queue(ctx, NotificationEvent.STARTED,
+                        f"{spec.severity} rollback started ({spec.reason}); plan of {len(steps)} step(s): {summary}.")
     ctx.save()
     ctx.emit("Normal", "Planned", f"Plan of {len(steps)} step(s): {summary}")
+    notifications.deliver(ctx)   # people hear of it before the first step, not after
     return _execute(ctx)
 
 
@@ -120,6 +141,8 @@ STEP_KINDS = {
     "TlsVerify": certificates,
     "ConsumersRestart": consumers,
     "HttpCheck": verification,
+    "SqlCheck": verification,
+    **{kind: hooks for kind in ("MaintenanceEnter", "MaintenanceExit", "MonitoringSuspend", "MonitoringResume")},
 }
 
 
@@ -128,21 +151,29 @@ def _execute(ctx: Context) -> float | None:
     while True:
         i = planning.current_index(ctx.status.steps)
         if i is None:
-            return _succeed(ctx)
+            return _finish(ctx)
         step, rec = ctx.status.plan[i], ctx.status.steps[i]
         ctx.status.progress = planning.progress(ctx.status.steps)
-        if rec.state in (StepState.FAILED.value, StepState.INTERRUPTED.value):
-            # Recorded as failed but the phase is not terminal yet (a crash in between).
-            interrupted = rec.state == StepState.INTERRUPTED.value
-            return _terminal(ctx, Phase.INTERRUPTED if interrupted else Phase.FAILED,
-                             C.INTERRUPTED if interrupted else C.STEP_FAILED,
-                             rec.message or f"Step {rec.name} failed.")
+        failed = _first_failure(ctx)
+        if failed and not step.cleanup:
+            # A step failed: the rest is not run; only the cleanup steps (exit maintenance,
+            # resume monitoring) still are.
+            rec.state, rec.finished_at, rec.reason = StepState.SKIPPED.value, ctx.clock(), "NotRun"
+            rec.message = f"Not run: step {failed.name} {'was interrupted' if failed.state == StepState.INTERRUPTED.value else 'failed'}."
+            ctx.save()
+            continue
         try:
             delay = STEP_KINDS[step.kind].advance(ctx, step, rec)
         except StepFailed as e:
-            return _fail_step(ctx, step, rec, e.reason, e.message)
+            _record_failure(ctx, step, rec, e.reason, e.message)
+            continue
         if delay is not None:
             return delay
+
+
+def _first_failure(ctx: Context) -> StepRecord | None:
+    return next((r for s, r in zip(ctx.status.plan, ctx.status.steps) if not s.cleanup
+                 and r.state in (StepState.FAILED.value, StepState.INTERRUPTED.value)), None)
 
 
 def _check_deadline(ctx: Context) -> None:
@@ -152,20 +183,63 @@ def _check_deadline(ctx: Context) -> None:
         msg = (f"The {ctx.rollback.spec.severity} deadline ({deadline:%H:%M:%S}Z) passed before the "
                "rollback completed; it goes on.")
         ctx.condition(C.WITHIN_TARGET, "False", C.DEADLINE_MISSED, msg)
+        notifications.queue(ctx, NotificationEvent.DEADLINE_MISSED, msg)
         ctx.save()
         ctx.emit("Warning", C.DEADLINE_MISSED, msg)
 
 
-def _fail_step(ctx: Context, step: PlanStep, rec: StepRecord, reason: str, message: str) -> None:
-    """A step that failed, or whose outcome cannot be known (Interrupted: a person must look)."""
+DOMAINS = {
+    StepKind.WORKLOAD_REVISION.value: C.APPLICATION_RESTORED,
+    **{k: C.DATABASE_RESTORED for k in database.ADVANCE},
+    StepKind.SECRETS_RESTORE.value: C.SECRETS_RESTORED,
+    StepKind.CONSUMERS_RESTART.value: C.SECRETS_RESTORED,
+    StepKind.MAINTENANCE_EXIT.value: C.HOOKS_UNDONE,
+    StepKind.MONITORING_RESUME.value: C.HOOKS_UNDONE,
+}
+
+
+def _record_failure(ctx: Context, step: PlanStep, rec: StepRecord, reason: str, message: str) -> None:
+    """A step failed, or its outcome cannot be known (Interrupted: a person must look)."""
     interrupted = reason == C.INTERRUPTED
     rec.state = (StepState.INTERRUPTED if interrupted else StepState.FAILED).value
     rec.finished_at = ctx.clock()
-    rec.message = message
-    domain = C.APPLICATION_RESTORED if step.kind == "WorkloadRevision" else C.DATABASE_RESTORED
-    ctx.condition(domain, "False", reason, message)
-    return _terminal(ctx, Phase.INTERRUPTED if interrupted else Phase.FAILED, reason,
-                     f"Step {rec.name} {'was interrupted' if interrupted else 'failed'}: {message}")
+    rec.message, rec.reason = message, reason
+    if step.kind in DOMAINS:
+        ctx.condition(DOMAINS[step.kind], "False", reason, message)
+    if not step.cleanup:
+        notifications.queue(ctx, NotificationEvent.STEP_FAILED, f"Step {rec.name} "
+                            f"{'was interrupted' if interrupted else 'failed'}: {message}")
+    ctx.save()
+    ctx.emit("Warning", reason, f"Step {rec.name} {'was interrupted' if interrupted else 'failed'}: {message}")
+
+
+def _finish(ctx: Context) -> None:
+    """Every step has run (or was not run after a failure): the outcome."""
+    cleanup = [(s, r) for s, r in zip(ctx.status.plan, ctx.status.steps) if s.cleanup]
+    undone = [r for _, r in cleanup if r.state == StepState.FAILED.value]
+    hooks_note = ""
+    if any(r.state == StepState.SUCCEEDED.value for _, r in cleanup) or undone:
+        if undone:
+            text = "; ".join(f"{r.name} failed: {r.message}" for r in undone)
+            ctx.condition(C.HOOKS_UNDONE, "False", C.HOOK_FAILED, f"Put it back by hand: {text}.")
+            hooks_note = f" Not undone, put it back by hand: {text}."
+        else:
+            ctx.condition(C.HOOKS_UNDONE, "True", C.HOOKS_RESTORED, "; ".join(
+                r.message for _, r in cleanup if r.state == StepState.SUCCEEDED.value and r.message))
+            hooks_note = " " + " ".join(f"{r.name}: {r.message}" for _, r in cleanup
+                                        if r.state == StepState.SUCCEEDED.value and r.message)
+    failed = _first_failure(ctx)
+    if failed:
+        interrupted = failed.state == StepState.INTERRUPTED.value
+        return _terminal(ctx, Phase.INTERRUPTED if interrupted else Phase.FAILED,
+                         failed.reason or (C.INTERRUPTED if interrupted else C.STEP_FAILED),
+                         f"Step {failed.name} {'was interrupted' if interrupted else 'failed'}: "
+                         f"{failed.message}" + hooks_note)
+    if undone:
+        return _terminal(ctx, Phase.FAILED, C.HOOK_FAILED,
+                         "The rollback's steps succeeded, but not everything around them was put "
+                         "back:" + hooks_note.split(":", 1)[1])
+    return _succeed(ctx)
 
 
 def _succeed(ctx: Context) -> None:
@@ -197,22 +271,45 @@ def _succeed(ctx: Context) -> None:
     return _terminal(ctx, Phase.SUCCEEDED, C.SUCCEEDED, message, ready=True)
 
 
-def give_up(ctx: Context, message: str) -> None:
+def give_up(ctx: Context, message: str) -> bool:
     """Ends the rollback after repeated errors outside any step's own handling. A step caught
-    mid-way (Running: its side effect may or may not have happened) makes it Interrupted."""
+    mid-way (Running: its side effect may or may not have happened) becomes Interrupted. When a
+    maintenance window or a monitoring silence was entered and not yet undone, the cleanup steps
+    get their chance first: returns True, and the caller drives the rollback again."""
     if ctx.status.phase in TERMINAL_PHASES:
-        return None
-    running = [r for r in ctx.status.steps if r.state == StepState.RUNNING.value]
-    for rec in running:
-        rec.state = StepState.INTERRUPTED.value
-        rec.finished_at = ctx.clock()
-        rec.message = f"Interrupted: {message}"
-    if running:
-        return _terminal(ctx, Phase.INTERRUPTED, C.INTERRUPTED,
-                         f"Step {running[0].name} was interrupted: {message} Check its target, "
-                         "then create a new Rollback; the step ledger in status shows how far it got.")
-    return _terminal(ctx, Phase.FAILED, C.OPERATOR_ERROR,
-                     f"{message} The step ledger in status shows how far the rollback got.")
+        return False
+    now = ctx.clock()
+    pairs = list(zip(ctx.status.plan, ctx.status.steps))
+    main = [(s, r) for s, r in pairs if not s.cleanup]
+    for _, rec in main:
+        if rec.state == StepState.RUNNING.value:
+            rec.state, rec.finished_at, rec.reason = StepState.INTERRUPTED.value, now, C.INTERRUPTED
+            rec.message = (f"Interrupted: {message} Check its target, then create a new Rollback; "
+                           "the step ledger in status shows how far it got.")
+    if main and not any(r.state in (StepState.FAILED.value, StepState.INTERRUPTED.value) for _, r in main):
+        rec = next((r for _, r in main if r.state not in planning.DONE_STATES), None)
+        if rec is not None:
+            rec.state, rec.finished_at, rec.reason = StepState.FAILED.value, now, C.OPERATOR_ERROR
+            rec.message = f"{message} The step ledger in status shows how far the rollback got."
+    cleanup = [(s, r) for s, r in pairs if s.cleanup]
+    chance = any(r.state == StepState.PENDING.value and hooks.counterpart_started(ctx, s) for s, r in cleanup) \
+        and not any(r.state in (StepState.RUNNING.value, StepState.FAILED.value) for _, r in cleanup)
+    if chance:
+        ctx.save()
+        ctx.emit("Warning", C.OPERATOR_ERROR, f"{message} Exiting maintenance and resuming monitoring first.")
+        return True
+    for s, rec in cleanup:
+        if rec.state in (StepState.PENDING.value, StepState.RUNNING.value):
+            if hooks.counterpart_started(ctx, s):
+                rec.state, rec.reason, rec.message = StepState.FAILED.value, C.HOOK_FAILED, f"Could not run: {message}"
+            else:
+                rec.state, rec.message = StepState.SKIPPED.value, "Nothing to undo."
+            rec.finished_at = now
+    if not ctx.status.plan:
+        _terminal(ctx, Phase.FAILED, C.OPERATOR_ERROR, f"{message} The step ledger in status shows how far the rollback got.")
+    else:
+        _finish(ctx)
+    return False
 
 
 def _terminal(ctx: Context, phase: Phase, reason: str, message: str, ready: bool = False) -> None:
@@ -234,6 +331,12 @@ def _terminal(ctx: Context, phase: Phase, reason: str, message: str, ready: bool
                       f"Finished in {ctx.status.duration}; the {ctx.rollback.spec.severity} target "
                       f"is {planning.format_duration(planning.DEADLINES[ctx.rollback.spec.severity])}."
                       if ready else "The rollback did not complete.")
+    if phase != Phase.PLANNED:
+        if ready and now > ctx.status.deadline:
+            notifications.queue(ctx, NotificationEvent.DEADLINE_MISSED, f"The {ctx.rollback.spec.severity} "
+                                f"deadline passed: the rollback took {ctx.status.duration}.")
+        notifications.queue(ctx, NotificationEvent.SUCCEEDED if ready else NotificationEvent.FAILED,
+                            f"{phase.value}: {message}")
     ctx.save()
     ctx.emit("Normal" if ready else "Warning", reason, message)
     log.info("rollback %s/%s is %s: %s", ctx.namespace, ctx.name, phase.value, message)

@@ -132,7 +132,8 @@ def drive(namespace: str, name: str, **_) -> None:
         if count < MAX_CONSECUTIVE_ERRORS:
             raise kopf.TemporaryError(f"{what}; retrying", delay=min(2 ** count, 30)) from None
         _errors.pop(uid, None)
-        _give_up(k, namespace, name, f"Stopped after {count} consecutive errors, the last: {what}.")
+        if _give_up(k, namespace, name, f"Stopped after {count} consecutive errors, the last: {what}."):
+            raise kopf.TemporaryError("undoing the maintenance and monitoring hooks", delay=1) from None
         return
     _errors.pop(uid, None)
     if delay is not None:
@@ -156,11 +157,12 @@ def track_secret(body, type: str | None, **_) -> None:
                  body["metadata"]["name"], revision)
 
 
-def _give_up(k: Kube, namespace: str, name: str, message: str) -> None:
+def _give_up(k: Kube, namespace: str, name: str, message: str) -> bool:
+    """Records that the rollback stopped; True when its cleanup steps are still to run."""
     try:
         fresh = k.get(ROLLBACKS, namespace, name)
-        engine.give_up(engine.Context(k, fresh, _saver(k, namespace, name, fresh), _emitter(k, fresh)),
-                       message)
+        return engine.give_up(engine.Context(k, fresh, _saver(k, namespace, name, fresh), _emitter(k, fresh)),
+                              message)
     except Exception as e:  # noqa: BLE001 - the status itself cannot be written: say so, retry slowly
         log.error("rollback %s/%s: cannot record that it stopped (%s); %s", namespace, name,
                   _describe(e), message)

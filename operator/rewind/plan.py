@@ -15,6 +15,7 @@ DEADLINES = {
 }
 
 DONE_STATES = {StepState.SUCCEEDED.value, StepState.SKIPPED.value}
+FINISHED_STATES = DONE_STATES | {StepState.FAILED.value, StepState.INTERRUPTED.value}
 
 
 def deadline_for(severity: str, started: datetime.datetime) -> datetime.datetime:
@@ -36,9 +37,9 @@ def initial_ledger(plan: list[PlanStep]) -> list[StepRecord]:
 
 
 def current_index(steps: list[StepRecord]) -> int | None:
-    """Index of the first step not yet done, or None when all are."""
+    """Index of the first step not yet finished (done, failed or interrupted), or None when all are."""
     for i, s in enumerate(steps):
-        if s.state not in DONE_STATES:
+        if s.state not in FINISHED_STATES:
             return i
     return None
 

@@ -73,3 +73,30 @@ def measure(check: HttpCheck) -> Measurement:
         if check.json_equals is not None and shown != check.json_equals:
             return _m(False, f"{check.json_path} is {shown[:100]!r}, expected {check.json_equals!r}")
     return _m(True, f"{check.url} answered {status} in {ms} ms")
+
+
+def call(url: str, method: str, body: str | None, *, timeout: float, verify: bool = True,
+         label: str = "the hook") -> tuple[bool, bool, str]:
+    """One call of a hook: (ok on 2xx, worth retrying, detail). The detail names `label`, never
+    the URL (it may come from a Secret). Redirects are not followed; at most 64 KiB is read."""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    try:
+        with httpx.Client(verify=verify, follow_redirects=False, timeout=timeout) as client:
+            with client.stream(method, url, content=body, headers=headers) as response:
+                read = 0
+                for chunk in response.iter_bytes():
+                    read += len(chunk)
+                    if read > 64 * 1024:
+                        break
+    except httpx.ConnectError as e:
+        trust = "CERTIFICATE_VERIFY_FAILED" in str(e)
+        return False, not trust, f"{label}: {'its TLS certificate is not trusted' if trust else 'connection failed'}"
+    except httpx.TimeoutException:
+        return False, True, f"{label} did not answer within {timeout:g}s"
+    except httpx.HTTPError as e:
+        return False, True, f"{label}: {type(e).__name__}"
+    status = response.status_code
+    if 200 <= status < 300:
+        return True, False, f"{label} answered {status}"
+    retry = status >= 500 or status in (408, 425, 429)
+    return False, retry, f"{label} answered {status}"

@@ -44,6 +44,14 @@ VERIFIED = "Verified"
 """True when the rollback's result was verified (for workloads: each runs the wanted revision's
 template and is available); False when a verification failed."""
 
+NOTIFIED = "Notified"
+"""True when every notification of the run was sent; Unknown while some are being sent or
+retried; False when one failed for good (the rollback itself is not affected)."""
+
+HOOKS_UNDONE = "HooksUndone"
+"""True when the maintenance window was exited and monitoring resumed; False when one could not
+be put back (a person must do it by hand)."""
+
 WITHIN_TARGET = "WithinTarget"
 """True when the rollback finished before the severity's deadline; False when the deadline passed
 (set as soon as it passes, even while the rollback still runs)."""
@@ -83,6 +91,22 @@ DEADLINE_MET = "DeadlineMet"
 """The rollback completed before the severity's deadline."""
 DEADLINE_MISSED = "DeadlineMissed"
 """The severity's deadline passed before the rollback completed."""
+
+SENT = "Sent"
+"""Every notification was delivered."""
+SENDING = "Sending"
+"""Notifications are being delivered or retried."""
+NOTIFICATION_FAILED = "NotificationFailed"
+"""A notification could not be delivered after its retries."""
+HOOK_FAILED = "HookFailed"
+"""A maintenance or monitoring hook failed (entering: the rollback stopped before changing
+anything; exiting or resuming: it must be put back by hand)."""
+HOOKS_RESTORED = "HooksRestored"
+"""The maintenance window was exited and monitoring resumed."""
+VERIFICATION_FAILED = "VerificationFailed"
+"""A verification check failed."""
+VERIFICATION_INCONCLUSIVE = "VerificationInconclusive"
+"""A verification check could not get an answer (Verified=Unknown)."""
 
 # Preflight refusals (the rollback fails before changing anything)
 INVALID_SPEC = "InvalidSpec"

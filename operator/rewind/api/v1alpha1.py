@@ -604,8 +604,11 @@ class StepRecord(_Model):
     finished_at: datetime.datetime | None = None
     attempts: int = 0
     failures: int = Field(0, description="Failed measurements of a check step.")
+    consecutive_failures: int = Field(0, description="Failed measurements of a check step in a row, now.")
+    inconclusive: int = Field(0, description="Inconclusive measurements of a check step.")
     message: str | None = None
     reason: str | None = Field(None, description="Why a step failed, was skipped or interrupted.")
+    next_attempt_at: datetime.datetime | None = Field(None, description="When a retried hook call is next due.")
     restored_revision: int | None = Field(None, description="Revision number the controller gave the restored template.")
 
 
@@ -672,6 +675,7 @@ class HookStatus(_Model):
 
 class ReportRef(_Model):
     config_map_ref: str = Field(description="ConfigMap holding the incident report (report.md).")
+    sha256: str | None = Field(None, description="Hash of the report last written.")
 
 
 class RollbackStatus(_Model):

@@ -137,6 +137,19 @@ def read_secret(kube: Kube, namespace: str, name: str, what: str) -> dict:
         raise
 
 
+def read_key(kube: Kube, namespace: str, name: str, key: str, what: str) -> str:
+    """One key of a Secret, as text; StepFailed (naming the Secret and key, never the value)."""
+    secret = read_secret(kube, namespace, name, what)
+    value = (secret.get("data") or {}).get(key)
+    if value is None:
+        raise StepFailed("SecretKeyNotFound", f"{what} {namespace}/{name} has no key {key!r} "
+                         f"(keys: {', '.join(sorted(secret.get('data') or {})) or 'none'})")
+    try:
+        return base64.b64decode(value).decode("utf-8").strip()
+    except (ValueError, UnicodeDecodeError):
+        raise StepFailed("InvalidSecret", f"{what} {namespace}/{name} key {key!r} is not UTF-8 text") from None
+
+
 def _source(kube: Kube, namespace: str, target: SecretTarget, current: dict) -> tuple[str, dict]:
     if target.from_secret:
         src = read_secret(kube, namespace, target.from_secret, "the Secret to restore from")

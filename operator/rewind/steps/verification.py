@@ -1,51 +1,122 @@
-"""Verification checks after the rollback (HTTP for now), each a step with Argo-style semantics:
-`count` measurements `intervalSeconds` apart; the check fails as soon as more than
-`failureLimit` of them failed, and passes when all were taken. The outcome goes to
-status.verification; what a failure does is the spec's choice (Fail the rollback, or Warn)."""
+"""Verification checks after the rollback (HTTP and SQL), each a step with Argo-style semantics:
+`count` measurements `intervalSeconds` apart. A measurement passes, fails, or is inconclusive
+(the check itself could not get an answer). The check fails as soon as more than `failureLimit`
+measurements failed or more than `consecutiveFailureLimit` failed in a row, is Inconclusive as
+soon as more than `inconclusiveLimit` were inconclusive, and passes when all were taken. The
+outcome goes to status.verification and the Verified condition; what a failed or inconclusive
+check does is the spec's choice (Fail the rollback, or Warn and finish)."""
 
 from __future__ import annotations
 
 import datetime
 
-from rewind.adapters import http
+from rewind.adapters import db, http, sqlcheck
+from rewind.adapters.kube import Kube
+from rewind.adapters.measurement import Measurement
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
-    PlanStep, StepAction, StepKind, StepRecord, StepState, TargetRef, Verification, VerificationResult,
+    PlanStep, RollbackSpec, SqlCheck, StepAction, StepKind, StepRecord, StepState, TargetRef,
+    VerificationResult,
 )
 from rewind.context import Context, StepFailed
+from rewind.steps.secrets import read_key
 
 
-def plan(verification: Verification | None) -> list[PlanStep]:
+def plan(spec: RollbackSpec) -> list[PlanStep]:
+    v = spec.verification
+    if not v:
+        return []
     return [PlanStep(name=f"verify/http/{c.name}", kind=StepKind.HTTP_CHECK,
                      target=TargetRef(kind="HTTP", name=c.url), action=StepAction.RESTORE)
-            for c in (verification.http or [] if verification else [])]
+            for c in v.http or []] + \
+           [PlanStep(name=f"verify/sql/{c.name}", kind=StepKind.SQL_CHECK,
+                     target=TargetRef(kind="SQL", name=_connection_ref(spec, c)), action=StepAction.RESTORE)
+            for c in v.sql or []]
+
+
+def _connection_ref(spec: RollbackSpec, check: SqlCheck) -> str:
+    conn = check.connection or (spec.database.connection if spec.database else None)
+    return f"secret/{conn.secret_ref.name}#{conn.secret_ref.key}" if conn else "-"
+
+
+def resolve(kube: Kube, namespace: str, spec: RollbackSpec) -> None:
+    """Preflight of the SQL checks: each has a connection, whose Secret holds a valid URL."""
+    for check in (spec.verification.sql or []) if spec.verification else []:
+        conn = check.connection or (spec.database.connection if spec.database else None)
+        if conn is None:
+            raise StepFailed(C.INVALID_SPEC, f"SQL check {check.name} has no connection: give "
+                             "verification.sql[].connection, or spec.database")
+        _url(kube, namespace, check, conn.secret_ref)
+
+
+def _url(kube: Kube, namespace: str, check: SqlCheck, ref) -> str:
+    url = read_key(kube, namespace, ref.name, ref.key, f"the connection Secret of SQL check {check.name}")
+    try:
+        db.parse_url(url)
+    except db.DatabaseError as e:
+        raise StepFailed(e.reason, f"SQL check {check.name}: Secret {namespace}/{ref.name} key "
+                                   f"{ref.key!r}: {e.message}") from None
+    return url
+
+
+def _check(spec: RollbackSpec, step: PlanStep):
+    if step.kind == StepKind.HTTP_CHECK.value:
+        return next(c for c in spec.verification.http if f"verify/http/{c.name}" == step.name)
+    return next(c for c in spec.verification.sql if f"verify/sql/{c.name}" == step.name)
+
+
+def _measure(ctx: Context, step: PlanStep, check) -> tuple[str, Measurement]:
+    spec = ctx.rollback.spec
+    if step.kind == StepKind.HTTP_CHECK.value:
+        return "HTTP", http.measure(check)
+    conn = check.connection or spec.database.connection
+    try:
+        url = _url(ctx.kube, ctx.namespace, check, conn.secret_ref)
+    except StepFailed as e:
+        return "SQL", Measurement("Inconclusive", e.message)
+    return "SQL", sqlcheck.measure(url, check)
 
 
 def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
-    spec = ctx.rollback.spec.verification
-    check = next(c for c in spec.http if f"verify/http/{c.name}" == step.name)
+    policy = ctx.rollback.spec.verification.on_failure
     now = ctx.clock()
     if rec.state == StepState.PENDING.value:
         rec.state, rec.started_at = StepState.RUNNING.value, now
+    check = _check(ctx.rollback.spec, step)
     due = rec.started_at + datetime.timedelta(seconds=check.interval_seconds * rec.attempts)
     if now < due:
         return (due - now).total_seconds()
-    m = http.measure(check)
+    kind, m = _measure(ctx, step, check)
     rec.attempts += 1
-    rec.failures += 0 if m.ok else 1
-    rec.message = f"{rec.attempts} of {check.count} measurement(s), {rec.failures} failed; last: {m.detail}"
-    failed = rec.failures > check.failure_limit
-    if not failed and rec.attempts < check.count:
+    if m.outcome == "Failed":
+        rec.failures += 1
+        rec.consecutive_failures += 1
+    else:
+        rec.consecutive_failures = 0
+    rec.inconclusive += 1 if m.outcome == "Inconclusive" else 0
+    rec.message = (f"{rec.attempts} of {check.count} measurement(s), {rec.failures} failed"
+                   + (f", {rec.inconclusive} inconclusive" if rec.inconclusive else "") + f"; last: {m.detail}")
+    limit = check.consecutive_failure_limit
+    if rec.failures > check.failure_limit or (limit is not None and rec.consecutive_failures > limit):
+        outcome = "Failed"
+    elif rec.inconclusive > check.inconclusive_limit:
+        outcome = "Inconclusive"
+    elif rec.attempts < check.count:
         ctx.save()
         return float(check.interval_seconds)
-    outcome = "Failed" if failed else "Passed"
+    else:
+        outcome = "Passed"
     ctx.status.verification = [v for v in ctx.status.verification if v.name != step.name] + [
-        VerificationResult(name=step.name, kind="HTTP", outcome=outcome, detail=rec.message, checked_at=now)]
-    if failed:
-        ctx.condition(C.VERIFIED, "False", "VerificationFailed", f"Check {check.name}: {rec.message}")
-        if spec.on_failure == "Fail":
-            raise StepFailed("VerificationFailed", f"check {check.name}: {rec.message}")
-        ctx.emit("Warning", "VerificationFailed", f"check {check.name}: {rec.message}")
+        VerificationResult(name=step.name, kind=kind, outcome=outcome, detail=rec.message, checked_at=now)]
+    if outcome != "Passed":
+        reason = "VerificationFailed" if outcome == "Failed" else "VerificationInconclusive"
+        what = "failed" if outcome == "Failed" else "was inconclusive"
+        ctx.condition(C.VERIFIED, "False" if outcome == "Failed" else "Unknown", reason,
+                      f"Check {check.name} {what}: {rec.message}")
+        if policy == "Fail":
+            raise StepFailed(reason, f"check {check.name} {what}: {rec.message}")
+        ctx.emit("Warning", reason, f"check {check.name} {what}: {rec.message}")
     rec.state, rec.finished_at = StepState.SUCCEEDED.value, now
     ctx.save()
     return None
+

@@ -1,0 +1,135 @@
+"""The incident report: the seed's post-incident template, filled from the Rollback.
+
+Pure: a function of the Rollback object (spec and status) only, with no clock and no cluster, so
+the same status always renders the same report and a test can compare the two.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from rewind import plan as planning
+from rewind.api.v1alpha1 import Rollback
+
+HEADER = "# Incident Report - Emergency Rollback"
+
+
+def _t(ts: datetime.datetime | None) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "-"
+
+
+def _cell(text: str | None) -> str:
+    return (text or "").replace("|", "\\|").replace("\n", " ")
+
+
+def _cond(rb: Rollback, type_: str):
+    return next((c for c in rb.status.conditions if c.type == type_), None)
+
+
+def _box(done: bool | None, text: str) -> str:
+    return f"- [{'x' if done else ' '}] {text}" + ("" if done is not None else " (not part of this rollback)")
+
+
+def render(obj: dict) -> str:
+    rb = Rollback.model_validate(obj)
+    spec, st = rb.spec, rb.status
+    meta = rb.metadata
+    ready = _cond(rb, "Ready")
+    target = planning.DEADLINES[spec.severity]
+    out = [HEADER, ""]
+    out += [f"**Date/Time:** {_t(st.started_at)}",
+            f"**Incident ID:** {meta['namespace']}/{meta['name']} (uid {meta.get('uid', '-')})",
+            f"**Severity:** {spec.severity.upper()}",
+            f"**Duration:** {st.duration or '-'} (target {planning.format_duration(target)}; "
+            f"{'met' if st.within_target else 'missed' if st.within_target is False else 'not finished'})",
+            f"**Outcome:** {st.phase or 'Pending'}" + (f" ({ready.reason})" if ready else ""),
+            f"**Requested by:** {spec.requested_by or '-'} (declared in the spec)", ""]
+    out += ["## Incident Summary", "", ready.message if ready else "The rollback has not started yet.", ""]
+    out += ["## Trigger", "", spec.reason, ""]
+
+    out += ["## Timeline", "", "| Started | Finished | Step | State | Detail |", "|---|---|---|---|---|"]
+    for rec in st.steps:
+        out.append(f"| {_t(rec.started_at)} | {_t(rec.finished_at)} | {rec.name} | {rec.state} | "
+                   f"{_cell(rec.message)} |")
+    out.append("")
+
+    by_kind: dict[str, list] = {}
+    for step, rec in zip(st.plan, st.steps):
+        by_kind.setdefault(step.kind, []).append(rec)
+
+    def done(*kinds: str) -> bool | None:
+        recs = [r for k in kinds for r in by_kind.get(k, [])]
+        return None if not recs else all(r.state in ("Succeeded", "Skipped") for r in recs)
+
+    workloads = [f"{s.name} (revision {s.current_revision} -> revision {s.to_revision}'s template"
+                 f"{', already there' if s.action == 'NoOp' else ''})"
+                 for s in st.plan if s.kind == "WorkloadRevision"]
+    db = st.database
+    secrets = [c.name for s in st.plan if s.kind == "SecretsRestore" for c in s.secrets if not c.fingerprint]
+    certs = [c.name for s in st.plan if s.kind == "SecretsRestore" for c in s.secrets if c.fingerprint]
+    secrets_done = done("SecretsRestore")
+    sent = [r for r in st.notifications if r.state == "Sent"]
+    checks = st.verification
+    out += ["## Actions Taken", ""]
+    out.append(_box(done("MaintenanceEnter"), "Maintenance mode entered"))
+    out.append(_box(done("MonitoringSuspend"), "Monitoring suspended"))
+    out.append(_box(done("WorkloadRevision"), "Application rollback executed"
+                    + (f": {'; '.join(workloads)}" if workloads else "")))
+    db_text = "Database rollback"
+    if db and db.pre_rollback_database:
+        db_text += f": {db.live_database} restored from {db.backup_source}; the previous database kept as {db.pre_rollback_database}"
+    out.append(_box(done("DatabaseCheck", "DatabaseBackup", "DatabaseRestore", "DatabaseVerify",
+                         "DatabaseAction", "DatabaseSwap"), db_text))
+    out.append(_box(secrets_done if secrets else None,
+                    "OAuth configuration reset" + (f": {', '.join(secrets)}" if secrets else "")))
+    out.append(_box(secrets_done if certs else None,
+                    "SSL certificate rollback" + (f": {', '.join(certs)}" if certs else "")))
+    out.append(_box(done("MaintenanceExit"), "Maintenance mode exited"))
+    out.append(_box(done("MonitoringResume"), "Monitoring resumed"))
+    out.append(_box((len(sent) == len(st.notifications)) if st.notifications else None,
+                    f"Stakeholders notified: {len(sent)} of {len(st.notifications)} notification(s) sent"
+                    if st.notifications else "Stakeholders notified"))
+    out.append(_box(all(c.outcome == "Passed" for c in checks) if checks else None,
+                    f"Verification completed: {sum(c.outcome == 'Passed' for c in checks)} of {len(checks)} check(s) passed"
+                    if checks else "Verification completed"))
+    out.append("")
+
+    out += ["## Verification", ""]
+    if checks:
+        out += ["| Check | Kind | Outcome | Checked | Detail |", "|---|---|---|---|---|"]
+        out += [f"| {c.name} | {c.kind} | {c.outcome} | {_t(c.checked_at)} | {_cell(c.detail)} |" for c in checks]
+    else:
+        out.append("No checks were recorded.")
+    out.append("")
+
+    out += ["## Notifications", ""]
+    if st.notifications:
+        out += ["| Channel | Event | State | Attempts | Sent | Last error |", "|---|---|---|---|---|---|"]
+        out += [f"| {r.channel} | {r.event} | {r.state} | {r.attempts} | {_t(r.sent_at)} | {_cell(r.last_error) or '-'} |"
+                for r in st.notifications]
+    else:
+        out.append("None configured.")
+    out.append("")
+
+    out += ["## Resolution Time", ""]
+    if st.completed_at and st.started_at:
+        out.append(f"From {_t(st.started_at)} to {_t(st.completed_at)}: {st.duration}; the "
+                   f"{spec.severity} target is {planning.format_duration(target)} (deadline {_t(st.deadline)}), "
+                   f"{'met' if st.within_target else 'missed'}.")
+    else:
+        out.append(f"Not resolved yet; the {spec.severity} deadline is {_t(st.deadline)}.")
+    out += ["", "## Lessons Learned", "", "_To be filled in by the team._", "", "## Follow-up Actions", ""]
+    follow = []
+    for rec in st.steps:
+        if rec.state in ("Failed", "Interrupted"):
+            follow.append(f"Step {rec.name} {rec.state.lower()}: {rec.message}")
+    if db and db.pre_rollback_database:
+        follow.append(f"The pre-rollback database {db.pre_rollback_database} is kept; drop it once it is no longer needed.")
+    if db and db.pre_rollback_backup:
+        follow.append(f"The pre-rollback dump is at {db.pre_rollback_backup}.")
+    for r in st.notifications:
+        if r.state == "Failed":
+            follow.append(f"Tell the people behind {r.channel} by hand: its {r.event} notification failed.")
+    follow.append("Find and fix the cause of the incident before rolling forward again.")
+    out += [f"- [ ] {f}" for f in follow]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,209 @@
+"""Maintenance and monitoring hooks, notifications and the incident report, through the operator,
+each effect asserted where it landed: the Service and Deployment in the API server, the silence
+in a real Alertmanager, the calls on a local HTTP receiver, the messages on a real local SMTP
+server, and the report ConfigMap against the Rollback's status."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+
+import pytest
+from kubernetes import client
+
+import httpservers
+from helpers import (
+    audit_writes, condition, deploy_revisions, deployment, kubectl_apply, rolled_out, rollback, wait_for,
+    wait_phase,
+)
+from notifyservers import SmtpReceiver, WebhookReceiver
+from rewind import report
+from rewind.adapters import alertmanager as am
+
+pytestmark = pytest.mark.cluster
+
+TOKEN = "T0KEN-c4n4ry-8f3e2a"          # part of the webhook URLs: a secret, must not leak
+
+
+@pytest.fixture(scope="module")
+def health():
+    server, url = httpservers.start()
+    yield url
+    server.shutdown()
+
+
+@pytest.fixture
+def hooks_server():
+    with WebhookReceiver() as r:
+        yield r
+
+
+def _secret(api_client, namespace, name, data: dict[str, str]):
+    client.CoreV1Api(api_client).create_namespaced_secret(namespace, {
+        "metadata": {"name": name}, "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+
+
+def _bed(api_client, namespace):
+    """web (2 revisions) behind Service web, and an alert checker with 2 replicas."""
+    apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
+    deploy_revisions(apps, namespace, "web", ["registry.local/web:1", "registry.local/web:2"])
+    apps.create_namespaced_deployment(namespace, deployment("alert-checker", "registry.local/checker:1"))
+    wait_for("alert-checker", lambda: rolled_out(apps, namespace, "alert-checker"))
+    core.create_namespaced_service(namespace, {"metadata": {"name": "web"}, "spec": {
+        "selector": {"app": "web"}, "ports": [{"port": 80}]}})
+    return apps, core
+
+
+def _hooks(hooks_server, alertmanager, namespace):
+    return {
+        "maintenance": {"http": {"enter": {"url": hooks_server.url("/maintenance/enter"), "body": '{"bookings": false}'},
+                                 "exit": {"urlSecretRef": {"name": "maintenance-exit", "key": "url"}}},
+                        "service": {"name": "web", "selector": {"app": "maintenance-page"}}},
+        "monitoring": {"scaleDown": [{"name": "alert-checker"}],
+                       "alertmanager": {"url": alertmanager.url,
+                                        "matchers": [{"name": "namespace", "value": namespace}]}},
+    }
+
+
+def _silences(alertmanager, namespace):
+    import httpx
+    return [s for s in httpx.get(f"{alertmanager.url}/api/v2/silences").json()
+            if any(m["value"] == namespace for m in s["matchers"])]
+
+
+def test_hooks_are_undone_after_a_failed_rollback(cluster, api_client, namespace, operator, health,
+                                                   hooks_server, alertmanager):
+    apps, core = _bed(api_client, namespace)
+    _secret(api_client, namespace, "maintenance-exit", {"url": hooks_server.url(f"/maintenance/exit/{TOKEN}")})
+    kubectl_apply(cluster, namespace, rollback("hooked", [{"name": "web"}], **_hooks(hooks_server, alertmanager, namespace),
+                                               verification={"http": [{"name": "health", "url": f"{health}/error"}]}))
+    rb = wait_phase(api_client, namespace, "hooked", {"Succeeded", "Failed", "Interrupted"}, timeout=120)
+    st = rb["status"]
+    assert st["phase"] == "Failed", st
+    assert condition(rb, "Ready")["reason"] == "VerificationFailed"
+    assert [(s["name"], s["state"]) for s in st["steps"]] == [
+        ("maintenance/enter", "Succeeded"), ("monitoring/suspend", "Succeeded"), ("deployment/web", "Succeeded"),
+        ("verify/http/health", "Failed"), ("maintenance/exit", "Succeeded"), ("monitoring/resume", "Succeeded")]
+    assert condition(rb, "HooksUndone")["status"] == "True"
+
+    # The maintenance window was entered and exited, in that order, on the receiver.
+    calls = [r.path for r in hooks_server.requests]
+    assert calls == ["/maintenance/enter", f"/maintenance/exit/{TOKEN}"]
+    assert hooks_server.requests[0].payload == {"bookings": False}
+    # The Service went to the maintenance backend and came back: two patches, now its own pods.
+    assert core.read_namespaced_service("web", namespace).spec.selector == {"app": "web"}
+    patches = audit_writes(cluster, namespace, "services", "web")
+    if patches is not None:
+        assert len(patches) == 2, patches
+    # Monitoring: the checker was scaled to 0 and back to 2; the silence existed and is expired.
+    assert apps.read_namespaced_deployment("alert-checker", namespace).spec.replicas == 2
+    scale_writes = [e for e in (audit_writes(cluster, namespace, "deployments", "alert-checker") or [])]
+    assert scale_writes == []     # only the scale subresource was written, not the Deployment
+    silences = _silences(alertmanager, namespace)
+    assert len(silences) == 1 and silences[0]["status"]["state"] == "expired"
+    assert silences[0]["id"] == st["hooks"]["silenceId"]
+    assert rb["metadata"]["uid"] in silences[0]["comment"]
+    assert st["hooks"]["serviceSelector"] == {"app": "web"}
+    assert TOKEN not in str(rb) and TOKEN not in operator.output()
+
+
+def test_a_failed_maintenance_entry_changes_nothing(cluster, api_client, namespace, operator, hooks_server,
+                                                     alertmanager):
+    apps, core = _bed(api_client, namespace)
+    _secret(api_client, namespace, "maintenance-exit", {"url": hooks_server.url("/maintenance/exit")})
+    hooks_server.fail_next(1, status=403)          # not worth retrying
+    kubectl_apply(cluster, namespace, rollback("refused", [{"name": "web"}], **_hooks(hooks_server, alertmanager, namespace)))
+    rb = wait_phase(api_client, namespace, "refused", {"Succeeded", "Failed", "Interrupted"}, timeout=60)
+    st = rb["status"]
+    assert st["phase"] == "Failed" and condition(rb, "Ready")["reason"] == "HookFailed", st
+    assert "the maintenance enter hook answered 403" in condition(rb, "Ready")["message"]
+    assert [(s["name"], s["state"]) for s in st["steps"]] == [
+        ("maintenance/enter", "Failed"), ("monitoring/suspend", "Skipped"), ("deployment/web", "Skipped"),
+        ("maintenance/exit", "Succeeded"), ("monitoring/resume", "Skipped")]
+    # Nothing else changed: the workload is untouched, the Service too, no silence, checker running.
+    assert audit_writes(cluster, namespace, "deployments") in ([], None)
+    assert audit_writes(cluster, namespace, "services") in ([], None)
+    assert core.read_namespaced_service("web", namespace).spec.selector == {"app": "web"}
+    assert apps.read_namespaced_deployment("web", namespace).metadata.annotations[
+        "deployment.kubernetes.io/revision"] == "2"
+    assert _silences(alertmanager, namespace) == []
+    # The exit hook still ran: the application may have half-entered maintenance.
+    assert [r.path for r in hooks_server.requests] == ["/maintenance/enter", "/maintenance/exit"]
+
+
+def test_notifications_are_routed_retried_and_never_doubled(cluster, api_client, namespace, operator):
+    deploy_revisions(client.AppsV1Api(api_client), namespace, "web", ["registry.local/web:1", "registry.local/web:2"])
+    with WebhookReceiver() as ops, WebhookReceiver() as pager, WebhookReceiver(slack=True) as slack, \
+            WebhookReceiver() as broken, SmtpReceiver() as smtp:
+        _secret(api_client, namespace, "ops-webhook", {"url": ops.url(f"/events/{TOKEN}")})
+        _secret(api_client, namespace, "sms-gateway", {"url": pager.url(f"/sms/{TOKEN}")})
+        _secret(api_client, namespace, "ops-slack", {"url": slack.url(f"/services/{TOKEN}")})
+        _secret(api_client, namespace, "broken-webhook", {"url": broken.url("/gone")})
+        ops.fail_next(1, status=503)      # the Started notification: first attempt refused,
+        ops.drop_next(1)                  # second received but its answer lost, third answered
+        smtp.fail_next(1, code=451)
+        broken.fail_next(100, status=410)
+        ref = lambda name: {"name": name, "key": "url"}  # noqa: E731
+        kubectl_apply(cluster, namespace, rollback("told", [{"name": "web"}], notifications=[
+            {"name": "ops", "webhook": {"urlSecretRef": ref("ops-webhook")}},
+            {"name": "pager", "severities": ["Critical"], "webhook": {"urlSecretRef": ref("sms-gateway")}},
+            {"name": "chat", "events": ["Started", "Succeeded", "Failed"], "slack": {"webhookSecretRef": ref("ops-slack")}},
+            {"name": "mail", "events": ["Succeeded", "Failed"], "email": {
+                "smtp": {"host": "127.0.0.1", "port": smtp.port, "security": "None"},
+                "from": "rewind@example.com", "to": ["stakeholders@example.com"]}},
+            {"name": "broken", "events": ["Succeeded"], "webhook": {"urlSecretRef": ref("broken-webhook")}},
+        ]))
+        rb = wait_for("every notification settled", lambda: (lambda r: r if r.get("status", {}).get("phase") == "Succeeded"
+                      and r["status"].get("notifications") and all(n["state"] != "Pending" for n in r["status"]["notifications"])
+                      else None)(client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+                          "rewind.dev", "v1alpha1", namespace, "rollbacks", "told")), timeout=120)
+        st = rb["status"]
+        uid = rb["metadata"]["uid"]
+        records = {(n["channel"], n["event"]): n for n in st["notifications"]}
+        assert set(records) == {("ops", "Started"), ("ops", "Succeeded"), ("chat", "Started"), ("chat", "Succeeded"),
+                                ("mail", "Succeeded"), ("broken", "Succeeded")}    # pager: Critical only
+        assert pager.requests == []
+
+        # ops: three attempts of Started, all under one key; the receiver acts on it once.
+        started = [r for r in ops.requests if r.payload["event"] == "Started"]
+        assert len(started) == 3 and len({r.key for r in started}) == 1
+        assert records[("ops", "Started")]["attempts"] == 3
+        assert [r.payload["event"] for r in ops.delivered] == ["Started", "Succeeded"]
+        assert ops.delivered[0].key == records[("ops", "Started")]["key"]
+        p = ops.delivered[1].payload
+        assert p["rollback"] == {"namespace": namespace, "name": "told", "uid": uid}
+        assert p["severity"] == "High" and p["phase"] == "Succeeded" and p["reason"] == "bad release"
+
+        assert [r.payload["text"].split(": ", 1)[1].split(".")[0] for r in slack.requests] == ["Started", "Succeeded"]
+        # mail: refused once (451), sent again with the same Message-ID; one message delivered.
+        assert len(smtp.unique) == 1
+        mail = smtp.unique[0]
+        assert mail.message["Subject"] == f"[High] Rollback {namespace}/told: Succeeded"
+        assert mail.message["To"] == "stakeholders@example.com"
+        assert records[("mail", "Succeeded")]["attempts"] == 2
+
+        # broken: 410 is not worth retrying; recorded, and the rollback is not affected.
+        assert records[("broken", "Succeeded")]["state"] == "Failed"
+        assert records[("broken", "Succeeded")]["attempts"] == 1
+        assert "answered 410" in records[("broken", "Succeeded")]["lastError"]
+        assert all(n["state"] == "Sent" for k, n in records.items() if k[0] != "broken")
+        assert condition(rb, "Ready")["status"] == "True"
+        notified = condition(rb, "Notified")
+        assert notified["status"] == "False" and notified["reason"] == "NotificationFailed"
+        assert TOKEN not in str(rb) and TOKEN not in operator.output()
+
+        # The report: in its ConfigMap, rendered from this very status, and printed by the CLI.
+        cm_name = st["report"]["configMapRef"]
+        text = wait_for("the report with the settled notifications", lambda: (lambda t: t if "| broken | Succeeded | Failed |" in t
+                        else None)(client.CoreV1Api(api_client).read_namespaced_config_map(cm_name, namespace).data["report.md"]))
+        fresh = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+            "rewind.dev", "v1alpha1", namespace, "rollbacks", "told")
+        assert text == report.render(fresh)
+        cm = client.CoreV1Api(api_client).read_namespaced_config_map(cm_name, namespace)
+        assert cm.metadata.owner_references[0].uid == uid
+        out = subprocess.run([sys.executable, "-m", "rewind.cli", "report", "told", "-n", namespace,
+                              "--kubeconfig", str(cluster.kubeconfig)], capture_output=True, text=True, check=True)
+        assert out.stdout == text
+        assert "- [ ] Stakeholders notified: 5 of 6 notification(s) sent" in text
+        assert "Tell the people behind broken by hand" in text

@@ -40,6 +40,10 @@ def _run(args) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     for h in logging.getLogger().handlers:
         h.addFilter(_QuietWaiting())
+    # httpx logs every request's URL at INFO (and httpcore more at DEBUG); webhook and hook URLs
+    # are secrets, so neither may log below WARNING, even with --verbose.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     import rewind.handlers  # noqa: F401 - registers the handlers
 
     kopf.run(

@@ -7,7 +7,10 @@ Rollback, shows its progress live, and ends with `kubectl get rollbacks`, the Ro
 conditions and what the database holds. `--keep` leaves everything running for a look around.
 
 Database Jobs run for real: with no container runtime here, the test bed's Job runner stands in
-for the kubelet and runs each Job pod's own command against the local PostgreSQL.
+for the kubelet and runs each Job pod's own command against the local PostgreSQL. The app's HTTP
+side is a local stand-in that answers from the cluster's real state (healthy only with release
+2.3.0); Alertmanager is the real one; Slack, the incident webhook, the SMS gateway and the SMTP
+server are local receivers, and the demo shows what each one received.
 """
 
 from __future__ import annotations
@@ -21,9 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
+from rewind_testbed.alertmanager import Alertmanager
+from rewind_testbed.booking import BookingApp, localize
+from rewind_testbed.certs import issue
 from rewind_testbed.cluster import ControlPlane, build_binaries
 from rewind_testbed.jobrunner import JobRunner
 from rewind_testbed.postgres import PostgresServer, find_bindir
+from rewind_testbed.receivers import SmtpReceiver, WebhookReceiver, server_tls_context
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -39,6 +48,11 @@ def db_summary(pg: PostgresServer, name: str) -> str:
     with pg.connect(name) as conn:
         a, u, t, moved = conn.execute(COUNTS).fetchone()
     return f"{a} appointments ({moved} with shifted times), {u} users, {t} calendar tokens"
+
+
+def _get_json(url: str):
+    import httpx
+    return httpx.get(url, timeout=5).json()
 
 
 def say(text: str = "") -> None:
@@ -94,7 +108,8 @@ def run(args) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="rewind-demo-"))
     run_dir.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
     cp = ControlPlane.start(run_dir / "cluster", bin_dir)
-    operator = pg = runner = None
+    operator = pg = runner = am = app = None
+    receivers: dict = {}
     demo = Demo(cp)
     try:
         pg = PostgresServer.start(run_dir / "postgres")
@@ -128,6 +143,8 @@ def run(args) -> int:
         say(f"Database {DB}: {db_summary(pg, DB)}; the nightly backup is on PVC db-backups "
             f"at nightly/{DB}.dump.")
 
+        demo.kubectl("apply", "-f", str(HERE / "platform.yaml"))
+
         step("Release 2.4.0 goes out and breaks OAuth sign-in")
         demo.kubectl("apply", "-f", str(HERE / "app-v2.4.0-bad.yaml"))
         demo.kubectl("rollout", "status", "deployment/appointmentbooking", "-n", NS, "--timeout=120s")
@@ -136,6 +153,27 @@ def run(args) -> int:
             conn.execute((HERE / "bad-migration.sql").read_text())
             conn.commit()
         say(f"After the bad migration, {DB} holds {db_summary(pg, DB)}.")
+
+        step("Stand-ins: the app's HTTP side, Alertmanager, Slack, webhooks, SMTP (all on loopback)")
+        app = BookingApp(str(cp.kubeconfig), NS)
+        say(f"GET {app.url}/api/health -> {json.dumps(_get_json(app.url + '/api/health'))}")
+        am = Alertmanager.start(run_dir / "alertmanager")
+        ca = issue("Demo SMTP CA", ca=True, days=30)
+        leaf = issue("localhost", ca, hosts=["localhost"])
+        smtp_password = secrets.token_urlsafe(16)
+        receivers = {"slack": WebhookReceiver(slack=True), "incident": WebhookReceiver(), "sms": WebhookReceiver(),
+                     "smtp": SmtpReceiver(tls_context=server_tls_context(leaf.cert_pem + ca.cert_pem, leaf.key_pem),
+                                          credentials=("rewind", smtp_password))}
+        token = secrets.token_urlsafe(12)   # the webhook URLs are secrets: never printed
+        for name, data in {"ops-slack": {"url": receivers["slack"].url(f"/services/{token}")},
+                           "incident-webhook": {"url": receivers["incident"].url(f"/incidents/{token}")},
+                           "sms-gateway": {"url": receivers["sms"].url(f"/sms/{token}")},
+                           "smtp-credentials": {"username": "rewind", "password": smtp_password},
+                           "smtp-ca": {"ca.crt": ca.cert_pem.decode()}}.items():
+            demo.kubectl("create", "secret", "generic", name, "-n", NS,
+                         *[f"--from-literal={k}={v}" for k, v in data.items()], show=False)
+        say("$ kubectl create secret generic ops-slack|incident-webhook|sms-gateway|smtp-credentials|smtp-ca ...")
+        say(f"Alertmanager {am.url}; SMTP (STARTTLS, AUTH) on localhost:{receivers['smtp'].port}")
 
         step("Starting the Rewind operator (rewind run)")
         log = run_dir / "operator.log"
@@ -147,7 +185,14 @@ def run(args) -> int:
 
         step("The on-call engineer applies the Rollback")
         say((HERE / "rollback.yaml").read_text().rstrip())
-        demo.kubectl("apply", "-f", str(HERE / "rollback.yaml"))
+        manifest = localize(yaml.safe_load((HERE / "rollback.yaml").read_text()), namespace=NS,
+                            app_url=app.url, alertmanager_url=am.url, smtp_port=receivers["smtp"].port,
+                            smtp_ca_secret="smtp-ca")
+        for n in manifest["spec"]["notifications"]:
+            if "email" in n:
+                n["email"]["smtp"]["host"] = "localhost"   # the name on the demo's certificate
+        say("(applied with the in-cluster addresses pointed at the local stand-ins)")
+        demo.kubectl("apply", "-f", "-", show=False, input=yaml.safe_dump(manifest))
 
         step("Progress, live")
         rb = watch(demo)
@@ -181,6 +226,25 @@ def run(args) -> int:
         demo.kubectl("get", "events", "-n", NS, "--field-selector", "involvedObject.kind=Rollback",
                      "--sort-by=.metadata.resourceVersion",
                      "-o", "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message")
+        say("\nWhat the stand-ins received:")
+        say(f"  app:          {', '.join(f'{m} {p}' for m, p in app.calls if m == 'POST')}; "
+            f"{sum(1 for m, p in app.calls if m == 'GET')} check request(s)")
+        silences = [x for x in _get_json(f"{am.url}/api/v2/silences") if rb["metadata"]["uid"] in x["comment"]]
+        say(f"  Alertmanager: silence(s) {', '.join(x['id'][:8] + ' ' + x['status']['state'] for x in silences)}")
+        for _ in range(60):   # the last notifications go out just after the phase is final
+            if all(n["state"] != "Pending" for n in demo.rollback()["status"].get("notifications", [])):
+                break
+            time.sleep(0.5)
+        for name in ("slack", "incident", "sms"):
+            got = receivers[name].delivered
+            say(f"  {name + ':':<13} {len(got)} message(s)" + "".join(
+                f"\n                - {(r.payload.get('text') or r.payload.get('event', ''))[:110]}" for r in got))
+        say(f"  {'e-mail:':<13} " + "; ".join(m.message["Subject"] for m in receivers["smtp"].unique))
+
+        step("The incident report (kubectl rewind report)")
+        report = subprocess.run([sys.executable, "-m", "rewind.cli", "report", NAME, "-n", NS,
+                                 "--kubeconfig", str(cp.kubeconfig)], capture_output=True, text=True)
+        say(report.stdout.rstrip() or report.stderr.rstrip())
         ok = rb["status"]["phase"] == "Succeeded"
         say(f"\nRollback {rb['status']['phase']} in {rb['status'].get('duration')} "
             f"(target for {rb['spec']['severity']}: 15m; within target: {rb['status'].get('withinTarget')}).")
@@ -197,6 +261,12 @@ def run(args) -> int:
         if operator:
             operator.terminate()
             operator.wait(timeout=15)
+        for r in receivers.values():
+            r.stop()
+        if app:
+            app.stop()
+        if am:
+            am.stop()
         if runner:
             runner.stop()
         if pg:

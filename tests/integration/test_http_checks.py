@@ -8,7 +8,7 @@ import time
 import pytest
 
 import httpservers
-from certs import issue
+from rewind_testbed.certs import issue
 from rewind.adapters import http
 from rewind.api.v1alpha1 import HttpCheck
 

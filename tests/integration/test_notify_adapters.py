@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from certs import issue, pki
-from notifyservers import SmtpReceiver, WebhookReceiver, server_tls_context
+from rewind_testbed.certs import issue, pki
+from rewind_testbed.receivers import SmtpReceiver, WebhookReceiver, server_tls_context
 from rewind import __version__
 from rewind.adapters import notify
 from rewind.adapters.notify import Delivery

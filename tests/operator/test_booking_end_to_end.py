@@ -16,10 +16,10 @@ import pytest
 import yaml
 from kubernetes import client
 
-from certs import issue
+from rewind_testbed.certs import issue
 from dbhelpers import pg_bin
 from helpers import audit_writes, condition, kubectl_apply, rolled_out, wait_for, wait_phase
-from notifyservers import SmtpReceiver, WebhookReceiver, server_tls_context
+from rewind_testbed.receivers import SmtpReceiver, WebhookReceiver, server_tls_context
 from rewind import report
 from rewind_testbed.booking import BookingApp, localize
 

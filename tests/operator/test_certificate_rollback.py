@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from certs import issue, pki
+from rewind_testbed.certs import issue, pki
 from helpers import condition, kubectl_apply, wait_for, wait_phase
 from rewind.adapters import tls
 

@@ -17,7 +17,7 @@ from helpers import (
     audit_writes, condition, deploy_revisions, deployment, kubectl_apply, rolled_out, rollback, wait_for,
     wait_phase,
 )
-from notifyservers import SmtpReceiver, WebhookReceiver
+from rewind_testbed.receivers import SmtpReceiver, WebhookReceiver
 from rewind import report
 from rewind.adapters import alertmanager as am
 

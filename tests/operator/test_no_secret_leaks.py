@@ -14,7 +14,7 @@ import urllib.parse
 import pytest
 from kubernetes import client
 
-from certs import issue, pki
+from rewind_testbed.certs import issue, pki
 from dbhelpers import CLAIM, db_secret, make_dump
 from helpers import deploy_revisions, kubectl_apply, wait_for, wait_phase
 

@@ -5,7 +5,7 @@ import datetime
 
 import pytest
 
-from certs import NOW, issue, pki
+from rewind_testbed.certs import NOW, issue, pki
 from rewind.adapters import tls
 
 HOST = "www.instylehairboutique.co.za"

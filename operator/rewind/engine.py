@@ -256,8 +256,13 @@ def _succeed(ctx: Context) -> None:
                      f"{f', {len(skipped)} already at the wanted revision' if skipped else ''}")
         ctx.condition(C.APPLICATION_RESTORED, "True", C.ROLLED_BACK if restored else C.ALREADY_AT_REVISION,
                       f"Every workload runs its wanted revision: {parts[-1]}.")
-    message = "Rolled back: " + "; ".join(parts) + "."
+    if any(s.kind == "SecretsRestore" for s in ctx.status.plan):
+        parts.append(f"{sum(len(s.secrets) for s in ctx.status.plan if s.kind == 'SecretsRestore')} "
+                     "Secret(s) restored")
+    message = "Rolled back: " + ("; ".join(parts) or "every step of the plan succeeded") + "."
     checks = ctx.status.verification
+    failed = [v for v in checks if v.outcome == "Failed"]
+    unsure = [v for v in checks if v.outcome == "Inconclusive"]
     verified = (["every restored workload runs its wanted revision's template and is available"]
                 if any(r.state == StepState.SUCCEEDED.value for r in ctx.status.steps
                        if r.name.startswith(("deployment/", "statefulset/", "daemonset/"))) else []) \
@@ -265,7 +270,14 @@ def _succeed(ctx: Context) -> None:
     if not verified:
         ctx.condition(C.VERIFIED, "Unknown", C.NO_CHECKS, "Nothing was verified: no workload was "
                       "restored and the spec lists no checks (spec.database.verify).")
-    elif all(v.outcome == "Passed" for v in checks):
+    elif failed or unsure:
+        # onFailure: Warn. The worst outcome decides, whatever the order the checks ran in.
+        text = "; ".join(f"{v.name} {v.outcome.lower()}: {v.detail}" for v in [*failed, *unsure])
+        ctx.condition(C.VERIFIED, "False" if failed else "Unknown",
+                      C.VERIFICATION_FAILED if failed else C.VERIFICATION_INCONCLUSIVE,
+                      f"{len(failed)} check(s) failed and {len(unsure)} inconclusive (onFailure: Warn): {text}")
+        message += f" Warning: {len(failed) + len(unsure)} of {len(checks)} check(s) did not pass; see Verified."
+    else:
         ctx.condition(C.VERIFIED, "True", C.WORKLOADS_AVAILABLE if not checks else C.CHECKS_PASSED,
                       "Verified: " + "; ".join(verified) + ".")
     return _terminal(ctx, Phase.SUCCEEDED, C.SUCCEEDED, message, ready=True)

@@ -210,3 +210,26 @@ def test_notifications_are_routed_retried_and_never_doubled(cluster, api_client,
         assert out.stdout == text
         assert "- [ ] Stakeholders notified: 5 of 6 notification(s) sent" in text
         assert "Tell the people behind broken by hand" in text
+
+
+def test_an_operator_killed_mid_notification_sends_it_again_under_the_same_key(
+        cluster, api_client, namespace, idle_operator):
+    deploy_revisions(client.AppsV1Api(api_client), namespace, "web", ["registry.local/web:1", "registry.local/web:2"])
+    with WebhookReceiver() as ops:
+        _secret(api_client, namespace, "ops-webhook", {"url": ops.url("/events")})
+        ops.slow_next(1, seconds=30)     # the Started notification: received, answer held back
+        kubectl_apply(cluster, namespace, rollback("killed", [{"name": "web"}], notifications=[
+            {"name": "ops", "webhook": {"urlSecretRef": {"name": "ops-webhook", "key": "url"}}}]))
+        idle_operator.start()
+        wait_for("the Started notification in flight", lambda: ops.requests, timeout=60)
+        idle_operator.kill()                         # SIGKILL while it waits for the answer
+        idle_operator.start()
+        rb = wait_for("the rollback done and told", lambda: (lambda r: r if r.get("status", {}).get("phase") == "Succeeded"
+                      and all(n["state"] == "Sent" for n in r["status"].get("notifications", [])) else None)(
+            client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+                "rewind.dev", "v1alpha1", namespace, "rollbacks", "killed")), timeout=120)
+        started = [r for r in ops.requests if r.payload["event"] == "Started"]
+        assert len(started) == 2 and len({r.key for r in started}) == 1     # sent again, same key
+        assert sorted(r.payload["event"] for r in ops.delivered) == ["Started", "Succeeded"]
+        rec = next(n for n in rb["status"]["notifications"] if n["event"] == "Started")
+        assert rec["key"] == started[0].key

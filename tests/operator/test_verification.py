@@ -7,7 +7,7 @@ import pytest
 from kubernetes import client
 
 import httpservers
-from helpers import condition, deploy_revisions, kubectl_apply, rollback, wait_phase
+from helpers import audit_writes, condition, deploy_revisions, kubectl_apply, rollback, wait_phase
 
 pytestmark = pytest.mark.cluster
 
@@ -57,3 +57,70 @@ def test_a_failing_check_does_what_the_spec_says(cluster, api_client, namespace,
         assert condition(rb, "Ready")["reason"] == "VerificationFailed"
     else:
         assert condition(rb, "Ready")["status"] == "True"
+
+
+def test_a_consecutive_failure_limit_stops_a_check_early(cluster, api_client, namespace, operator, base):
+    before = httpservers.Handler.hits.get("/error", 0)
+    rb = _run(cluster, api_client, namespace, "streak", [
+        {"name": "errors", "url": f"{base}/error", "count": 10, "intervalSeconds": 0, "failureLimit": 5,
+         "consecutiveFailureLimit": 1}])
+    assert rb["status"]["phase"] == "Failed", rb["status"]
+    result = rb["status"]["verification"][0]
+    assert result["outcome"] == "Failed"
+    assert result["detail"].startswith("2 of 10 measurement(s), 2 failed")   # 2 in a row > 1
+    assert httpservers.Handler.hits["/error"] - before == 2
+
+
+@pytest.mark.postgres
+def test_sql_checks_pass_fail_and_are_inconclusive(cluster, api_client, namespace, operator, postgres, database):
+    import base64
+    with postgres.connect(database) as conn:
+        conn.execute("CREATE TABLE appointments (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO appointments SELECT generate_series(1, 40)")
+        conn.commit()
+    client.CoreV1Api(api_client).create_namespaced_secret(namespace, {"metadata": {"name": "checks-db"}, "data": {
+        "url": base64.b64encode(postgres.dsn(database).encode()).decode()}})
+    conn = {"secretRef": {"name": "checks-db", "key": "url"}}
+    deploy_revisions(client.AppsV1Api(api_client), namespace, "web", ["registry.local/web:1", "registry.local/web:2"])
+    kubectl_apply(cluster, namespace, rollback("sql", [{"name": "web"}], verification={"onFailure": "Warn", "sql": [
+        {"name": "rows", "connection": conn, "query": "SELECT id FROM appointments", "minRows": 40, "count": 2,
+         "intervalSeconds": 0},
+        {"name": "count", "connection": conn, "query": "SELECT count(*) FROM appointments WHERE id > %(floor)s",
+         "params": {"floor": "30"}, "equals": "10"},
+        {"name": "too-few", "connection": conn, "query": "SELECT id FROM appointments", "minRows": 41},
+        {"name": "slow", "connection": conn, "query": "SELECT pg_sleep(5)", "timeoutSeconds": 1},
+        {"name": "sneaky-write", "connection": conn, "query": "WITH d AS (DELETE FROM appointments RETURNING 1) SELECT count(*) FROM d"},
+    ]}))
+    rb = wait_phase(api_client, namespace, "sql", {"Succeeded", "Failed", "Interrupted"}, timeout=120)
+    st = rb["status"]
+    assert st["phase"] == "Succeeded", st      # onFailure: Warn
+    results = {v["name"]: v for v in st["verification"]}
+    assert results["verify/sql/rows"]["outcome"] == "Passed"
+    assert results["verify/sql/rows"]["detail"].startswith("2 of 2 measurement(s), 0 failed")
+    assert results["verify/sql/count"]["outcome"] == "Passed"
+    assert results["verify/sql/too-few"]["outcome"] == "Failed"
+    assert "40" in results["verify/sql/too-few"]["detail"]
+    assert results["verify/sql/slow"]["outcome"] == "Inconclusive"
+    assert "within 1s" in results["verify/sql/slow"]["detail"]
+    assert results["verify/sql/sneaky-write"]["outcome"] == "Inconclusive"
+    # The worst outcome sets Verified, whatever the order; the write never happened.
+    verified = condition(rb, "Verified")
+    assert verified["status"] == "False" and verified["reason"] == "VerificationFailed", verified
+    assert "1 check(s) failed and 2 inconclusive" in verified["message"]
+    assert "did not pass" in condition(rb, "Ready")["message"]
+    with postgres.connect(database) as c:
+        assert c.execute("SELECT count(*) FROM appointments").fetchone()[0] == 40
+    assert postgres.password not in str(rb)
+
+
+def test_an_sql_check_without_a_connection_is_refused_before_anything_changes(
+        cluster, api_client, namespace, operator):
+    deploy_revisions(client.AppsV1Api(api_client), namespace, "web", ["registry.local/web:1", "registry.local/web:2"])
+    kubectl_apply(cluster, namespace, rollback("nowhere", [{"name": "web"}], verification={"sql": [
+        {"name": "rows", "query": "SELECT 1"}]}))
+    rb = wait_phase(api_client, namespace, "nowhere", {"Succeeded", "Failed", "Interrupted"}, timeout=60)
+    assert rb["status"]["phase"] == "Failed"
+    planned = condition(rb, "Planned")
+    assert planned["status"] == "False" and planned["reason"] == "InvalidSpec"
+    assert "SQL check rows has no connection" in planned["message"]
+    assert audit_writes(cluster, namespace, "deployments") in ([], None)

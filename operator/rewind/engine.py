@@ -36,9 +36,10 @@ def advance(ctx: Context) -> float | None:
         delay = _execute(ctx)
     # After the steps (and also once the rollback is over): the outbox, then the report.
     retry = notifications.deliver(ctx)
+    rewrite = None
     if ctx.status.phase in TERMINAL_PHASES and ctx.status.phase != Phase.PLANNED.value:
-        report.sync(ctx)
-    waits = [d for d in (delay, retry) if d is not None]
+        rewrite = report.sync(ctx)
+    waits = [d for d in (delay, retry, rewrite) if d is not None]
     return min(waits) if waits else None
 
 
@@ -283,6 +284,9 @@ def _succeed(ctx: Context) -> None:
     return _terminal(ctx, Phase.SUCCEEDED, C.SUCCEEDED, message, ready=True)
 
 
+CHANCE = "CleanupAfterOperatorError"
+
+
 def give_up(ctx: Context, message: str) -> bool:
     """Ends the rollback after repeated errors outside any step's own handling. A step caught
     mid-way (Running: its side effect may or may not have happened) becomes Interrupted. When a
@@ -304,24 +308,29 @@ def give_up(ctx: Context, message: str) -> bool:
             rec.state, rec.finished_at, rec.reason = StepState.FAILED.value, now, C.OPERATOR_ERROR
             rec.message = f"{message} The step ledger in status shows how far the rollback got."
     cleanup = [(s, r) for s, r in pairs if s.cleanup]
-    chance = any(r.state == StepState.PENDING.value and hooks.counterpart_started(ctx, s) for s, r in cleanup) \
-        and not any(r.state in (StepState.RUNNING.value, StepState.FAILED.value) for _, r in cleanup)
-    if chance:
+    for _, rec in cleanup:
+        if rec.state == StepState.RUNNING.value:   # it was running when the errors piled up
+            rec.state, rec.finished_at, rec.reason = StepState.FAILED.value, now, C.HOOK_FAILED
+            rec.message = f"Could not finish: {message}"
+    chance = [r for s, r in cleanup if r.state == StepState.PENDING.value and hooks.counterpart_started(ctx, s)]
+    if chance and not any(r.reason == CHANCE for r in chance):
+        # The cleanup steps still get their chance, once: the next round of errors ends it.
+        for rec in chance:
+            rec.reason = CHANCE
         ctx.save()
         ctx.emit("Warning", C.OPERATOR_ERROR, f"{message} Exiting maintenance and resuming monitoring first.")
         return True
     for s, rec in cleanup:
-        if rec.state in (StepState.PENDING.value, StepState.RUNNING.value):
-            if hooks.counterpart_started(ctx, s):
-                rec.state, rec.reason, rec.message = StepState.FAILED.value, C.HOOK_FAILED, f"Could not run: {message}"
-            else:
-                rec.state, rec.message = StepState.SKIPPED.value, "Nothing to undo."
-            rec.finished_at = now
+        if rec.state == StepState.PENDING.value and hooks.counterpart_started(ctx, s):
+            rec.state, rec.finished_at, rec.reason = StepState.FAILED.value, now, C.HOOK_FAILED
+            rec.message = f"Could not run: {message}"
+        elif rec.state == StepState.PENDING.value:
+            rec.state, rec.finished_at, rec.message = StepState.SKIPPED.value, now, "Nothing to undo."
     if not ctx.status.plan:
         _terminal(ctx, Phase.FAILED, C.OPERATOR_ERROR, f"{message} The step ledger in status shows how far the rollback got.")
     else:
         _finish(ctx)
-    return False
+    return True   # once more: the Failed notification and the report go out on the next call
 
 
 def _terminal(ctx: Context, phase: Phase, reason: str, message: str, ready: bool = False) -> None:

@@ -11,12 +11,14 @@ import datetime
 import logging
 import os
 import socket
+import traceback
 
 import kopf
 
 from rewind import engine
 from rewind.steps import secrets
 from rewind.adapters.kube import MERGE_PATCH, ROLLBACKS, Kube, KubeError, Resource, load_api_client
+from rewind.api.errors import ReasonedError
 from rewind.api.v1alpha1 import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -101,11 +103,14 @@ _errors: dict[str, int] = {}
 
 
 def _describe(e: Exception) -> str:
-    """What went wrong, for status: the type and the first line only (never a whole server text)."""
+    """What went wrong, for status. Only Rewind's own errors carry their message (written never to
+    hold a secret); any other exception is named by its type alone, since its text may quote a URL
+    or a server's answer that came from a Secret."""
     if isinstance(e, KubeError):
         return f"the Kubernetes API answered {e.status} {e.reason}".strip()
-    first = (str(e).strip().splitlines() or [""])[0][:300]
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+    if isinstance(e, ReasonedError):
+        return e.message.splitlines()[0][:300]
+    return f"{type(e).__name__} (details in the operator's log)"
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="rollback-resume")
@@ -128,7 +133,9 @@ def drive(namespace: str, name: str, **_) -> None:
         count = _errors[uid] = _errors.get(uid, 0) + 1
         what = _describe(e)
         log.warning("rollback %s/%s: error %d of %d: %s", namespace, name, count,
-                    MAX_CONSECUTIVE_ERRORS, what, exc_info=not isinstance(e, KubeError))
+                    MAX_CONSECUTIVE_ERRORS, what)
+        # Where it happened, without the exception's text (it may quote a URL from a Secret).
+        log.debug("where: %s", "".join(traceback.format_tb(e.__traceback__)))
         if count < MAX_CONSECUTIVE_ERRORS:
             raise kopf.TemporaryError(f"{what}; retrying", delay=min(2 ** count, 30)) from None
         _errors.pop(uid, None)

@@ -98,6 +98,9 @@ def localize(manifest: dict, *, namespace: str, app_url: str, alertmanager_url: 
         local(check)
     if spec.get("monitoring", {}).get("alertmanager"):
         spec["monitoring"]["alertmanager"]["url"] = alertmanager_url
+        for matcher in spec["monitoring"]["alertmanager"]["matchers"]:
+            if matcher["name"] == "namespace":      # a silence stays in the Rollback's namespace
+                matcher["value"] = namespace
     for n in spec.get("notifications") or []:
         if "email" in n:
             n["email"]["smtp"] |= {"host": "127.0.0.1", "port": smtp_port}

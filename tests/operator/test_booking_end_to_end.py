@@ -150,7 +150,7 @@ def test_the_booking_rollback_end_to_end(cluster, api_client, namespace, postgre
         assert apps.read_namespaced_deployment("booking-synthetics", ns).spec.replicas == 2
         silences = [s for s in httpx.get(f"{alertmanager.url}/api/v2/silences").json() if uid in s["comment"]]
         assert [s["status"]["state"] for s in silences] == ["expired"]
-        assert silences[0]["matchers"][0] == {"name": "namespace", "value": "booking", "isRegex": False,
+        assert silences[0]["matchers"][0] == {"name": "namespace", "value": ns, "isRegex": False,
                                                    "isEqual": True}
 
         # People: Slack and the incident webhook heard of the start and the end; the SMS gateway

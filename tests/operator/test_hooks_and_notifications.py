@@ -233,3 +233,57 @@ def test_an_operator_killed_mid_notification_sends_it_again_under_the_same_key(
         assert sorted(r.payload["event"] for r in ops.delivered) == ["Started", "Succeeded"]
         rec = next(n for n in rb["status"]["notifications"] if n["event"] == "Started")
         assert rec["key"] == started[0].key
+
+
+def test_undo_goes_on_past_a_part_that_cannot_be_undone(cluster, api_client, namespace, operator, health,
+                                                        hooks_server, alertmanager):
+    apps, core = _bed(api_client, namespace)
+    _secret(api_client, namespace, "maintenance-exit", {"url": hooks_server.url("/maintenance/exit")})
+    kubectl_apply(cluster, namespace, rollback("partial", [{"name": "web"}], **_hooks(hooks_server, alertmanager, namespace),
+                                               verification={"http": [{"name": "health", "url": f"{health}/api/health",
+                                                                       "count": 6, "intervalSeconds": 1}]}))
+    get = lambda: client.CustomObjectsApi(api_client).get_namespaced_custom_object(  # noqa: E731
+        "rewind.dev", "v1alpha1", namespace, "rollbacks", "partial")
+    wait_for("the checks running", lambda: any(s["name"] == "verify/http/health" and s["state"] == "Running"
+                                               for s in get().get("status", {}).get("steps", [])), timeout=60)
+    core.delete_namespaced_service("web", namespace)      # gone before it can be switched back
+    rb = wait_phase(api_client, namespace, "partial", {"Succeeded", "Failed", "Interrupted"}, timeout=90)
+    st = rb["status"]
+    assert st["phase"] == "Failed" and condition(rb, "Ready")["reason"] == "HookFailed", st
+    steps = {s["name"]: s for s in st["steps"]}
+    assert steps["verify/http/health"]["state"] == "Succeeded"
+    assert steps["maintenance/exit"]["state"] == "Failed"
+    assert "Service web" in steps["maintenance/exit"]["message"]
+    # The rest of the undo still happened: the exit hook, the checker, the silence.
+    assert [r.path for r in hooks_server.requests] == ["/maintenance/enter", "/maintenance/exit"]
+    assert apps.read_namespaced_deployment("alert-checker", namespace).spec.replicas == 2
+    assert [s["status"]["state"] for s in _silences(alertmanager, namespace)] == ["expired"]
+    undone = condition(rb, "HooksUndone")
+    assert undone["status"] == "False" and "Service web" in undone["message"]
+
+
+def test_a_service_already_on_the_maintenance_backend_is_refused(cluster, api_client, namespace, operator,
+                                                                   hooks_server, alertmanager):
+    apps, core = _bed(api_client, namespace)
+    core.patch_namespaced_service("web", namespace, {"spec": {"selector": {"app": "maintenance-page"}}})
+    _secret(api_client, namespace, "maintenance-exit", {"url": hooks_server.url("/maintenance/exit")})
+    hooks = _hooks(hooks_server, alertmanager, namespace)
+    del hooks["maintenance"]["http"]
+    kubectl_apply(cluster, namespace, rollback("stale", [{"name": "web"}], **hooks))
+    rb = wait_phase(api_client, namespace, "stale", {"Succeeded", "Failed", "Interrupted"}, timeout=60)
+    assert rb["status"]["phase"] == "Failed"
+    assert "already points at the maintenance backend" in condition(rb, "Ready")["message"]
+    # Left as it was found: an earlier rollback's maintenance page is not "restored" as the app.
+    assert core.read_namespaced_service("web", namespace).spec.selector == {"app": "maintenance-page"}
+    assert apps.read_namespaced_deployment("web", namespace).metadata.annotations[
+        "deployment.kubernetes.io/revision"] == "2"
+
+
+def test_a_silence_for_another_namespace_is_refused(cluster, api_client, namespace, operator, alertmanager):
+    deploy_revisions(client.AppsV1Api(api_client), namespace, "web", ["registry.local/web:1", "registry.local/web:2"])
+    kubectl_apply(cluster, namespace, rollback("wide", [{"name": "web"}], monitoring={"alertmanager": {
+        "url": alertmanager.url, "matchers": [{"name": "namespace", "value": "payments"}]}}))
+    rb = wait_phase(api_client, namespace, "wide", {"Succeeded", "Failed", "Interrupted"}, timeout=60)
+    planned = condition(rb, "Planned")
+    assert planned["status"] == "False" and planned["reason"] == "NamespaceNotAllowed", planned
+    assert _silences(alertmanager, "payments") == []

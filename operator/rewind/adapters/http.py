@@ -34,6 +34,7 @@ def json_value(document, path: str):
 
 def measure(check: HttpCheck) -> Measurement:
     t0 = time.monotonic()
+    shown = redact(check.url)
     try:
         with httpx.Client(verify=not check.insecure_skip_tls_verify, follow_redirects=False,
                           timeout=check.timeout_seconds) as client:
@@ -42,52 +43,75 @@ def measure(check: HttpCheck) -> Measurement:
                 for chunk in response.iter_bytes():
                     body += chunk
                     if len(body) > MAX_BODY:
-                        return _m(False, f"{check.url} answered {response.status_code} with a "
+                        return _m(False, f"{shown} answered {response.status_code} with a "
                                                   f"body larger than {MAX_BODY // 1024} KiB")
                     if time.monotonic() - t0 > check.timeout_seconds:
-                        return _m(False, f"{check.url} did not finish its body within "
+                        return _m(False, f"{shown} did not finish its body within "
                                                   f"{check.timeout_seconds}s")
+    except (httpx.InvalidURL, UnicodeError, ValueError):
+        return _m(False, f"{shown}: the URL is not valid")
     except httpx.ConnectError as e:
         reason = "its TLS certificate is not trusted" if "CERTIFICATE_VERIFY_FAILED" in str(e) else "connection failed"
-        return _m(False, f"{check.url}: {reason}")
+        return _m(False, f"{shown}: {reason}")
     except httpx.TimeoutException:
-        return _m(False, f"{check.url} did not answer within {check.timeout_seconds}s")
+        return _m(False, f"{shown} did not answer within {check.timeout_seconds}s")
     except httpx.HTTPError as e:
-        return _m(False, f"{check.url}: {type(e).__name__}")
+        return _m(False, f"{shown}: {type(e).__name__}")
     ms = int((time.monotonic() - t0) * 1000)
     status = response.status_code
     if status != check.expect_status:
-        where = f" (redirect to {response.headers.get('location', '?')} not followed)" if 300 <= status < 400 else ""
-        return _m(False, f"{check.url} answered {status}, expected {check.expect_status}{where}")
+        where = f" (redirect to {redact(response.headers.get('location', '?'))} not followed)" if 300 <= status < 400 else ""
+        return _m(False, f"{shown} answered {status}, expected {check.expect_status}{where}")
     if check.max_latency_ms and ms > check.max_latency_ms:
-        return _m(False, f"{check.url} took {ms} ms, more than {check.max_latency_ms} ms")
+        return _m(False, f"{shown} took {ms} ms, more than {check.max_latency_ms} ms")
     text = body.decode("utf-8", errors="replace")
     if check.body_contains and check.body_contains not in text:
-        return _m(False, f"{check.url}'s body does not contain the expected text")
+        return _m(False, f"{shown}'s body does not contain the expected text")
     if check.json_path:
         try:
             value = json_value(json.loads(text), check.json_path)
         except (ValueError, KeyError, IndexError, TypeError):
-            return _m(False, f"{check.url}'s body has no JSON value at {check.json_path}")
-        shown = value if isinstance(value, str) else json.dumps(value)
-        if check.json_equals is not None and shown != check.json_equals:
-            return _m(False, f"{check.json_path} is {shown[:100]!r}, expected {check.json_equals!r}")
-    return _m(True, f"{check.url} answered {status} in {ms} ms")
+            return _m(False, f"{shown}'s body has no JSON value at {check.json_path}")
+        found = value if isinstance(value, str) else json.dumps(value)
+        if check.json_equals is not None and found != check.json_equals:
+            return _m(False, f"{check.json_path} is {found[:100]!r}, expected {check.json_equals!r}")
+    return _m(True, f"{shown} answered {status} in {ms} ms")
+
+
+def redact(url: str) -> str:
+    """The URL without user info, query or fragment: what may be shown (those may hold tokens)."""
+    try:
+        u = httpx.URL(url)
+        return str(u.copy_with(username=None, password=None, query=None, fragment=None))
+    except (httpx.InvalidURL, UnicodeError, ValueError, TypeError):
+        return "(an invalid URL)"
+
+
+def check_url(url: str, what: str) -> None:
+    """Preflight: an http(s) URL with a host that httpx can use; StepFailed naming `what` only."""
+    from rewind.context import StepFailed   # the adapters raise their own errors elsewhere
+
+    try:
+        u = httpx.URL(url.strip())
+        ok = u.scheme in ("http", "https") and bool(u.host) and ".." not in u.host
+        u.port  # noqa: B018 - raises on a bad port
+    except (httpx.InvalidURL, UnicodeError, ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise StepFailed("InvalidURL", f"{what} is not a valid http(s) URL with a host")
 
 
 def call(url: str, method: str, body: str | None, *, timeout: float, verify: bool = True,
-         label: str = "the hook") -> tuple[bool, bool, str]:
+         label: str = "the hook", headers: dict[str, str] | None = None) -> tuple[bool, bool, str]:
     """One call of a hook: (ok on 2xx, worth retrying, detail). The detail names `label`, never
-    the URL (it may come from a Secret). Redirects are not followed; at most 64 KiB is read."""
-    headers = {"Content-Type": "application/json"} if body is not None else {}
+    the URL (it may come from a Secret). Redirects are not followed; the body is not read."""
+    headers = {**({"Content-Type": "application/json"} if body is not None else {}), **(headers or {})}
     try:
         with httpx.Client(verify=verify, follow_redirects=False, timeout=timeout) as client:
-            with client.stream(method, url, content=body, headers=headers) as response:
-                read = 0
-                for chunk in response.iter_bytes():
-                    read += len(chunk)
-                    if read > 64 * 1024:
-                        break
+            with client.stream(method, url.strip(), content=body, headers=headers) as response:
+                pass
+    except (httpx.InvalidURL, UnicodeError, ValueError):
+        return False, False, f"{label}: the URL is not valid"
     except httpx.ConnectError as e:
         trust = "CERTIFICATE_VERIFY_FAILED" in str(e)
         return False, not trust, f"{label}: {'its TLS certificate is not trusted' if trust else 'connection failed'}"

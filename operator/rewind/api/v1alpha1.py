@@ -345,7 +345,8 @@ class SmtpSecurity(str, Enum):
 
 
 class SmtpServer(_Model):
-    host: str = Field(min_length=1, max_length=253)
+    host: str = Field(min_length=1, max_length=253, pattern=r"^([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?$|^\[?[0-9a-fA-F:.]+\]?$",
+                      description="Host name or IP address of the SMTP server.")
     port: int = Field(587, ge=1, le=65535)
     security: SmtpSecurity = Field(SmtpSecurity.STARTTLS, description="StartTLS (default), TLS, or "
                                    "None (plain; only without credentials).")
@@ -659,6 +660,8 @@ class NotificationRecord(_Model):
     state: NotificationState = NotificationState.PENDING
     attempts: int = 0
     queued_at: datetime.datetime
+    phase: str | None = Field(None, description="The rollback's phase when queued (every attempt sends the same).")
+    progress: str | None = None
     next_attempt_at: datetime.datetime | None = None
     sent_at: datetime.datetime | None = None
     last_error: str | None = Field(None, description="Why the last attempt failed (never a URL or credential).")
@@ -671,6 +674,8 @@ class HookStatus(_Model):
     scaled_replicas: dict[str, int] | None = Field(None, description="kind/name: replicas before scaling down.")
     silence_id: str | None = None
     silence_ends_at: datetime.datetime | None = None
+    done: dict[str, str] = Field(default_factory=dict, description="Hook actions done, with what each did "
+                                 "(a retry or a restarted operator skips them).")
 
 
 class ReportRef(_Model):

@@ -16,6 +16,7 @@ the rollback ends Failed with reason HookFailed so that a person puts it back by
 from __future__ import annotations
 
 import datetime
+import hashlib
 
 from rewind.adapters import alertmanager, http
 from rewind.adapters.kube import JSON_PATCH, MERGE_PATCH, Kube, KubeError, Resource
@@ -62,7 +63,7 @@ def _monitoring_target(spec: RollbackSpec) -> TargetRef:
     m = spec.monitoring
     if m.scale_down:
         return TargetRef(kind=m.scale_down[0].kind, name=", ".join(w.name for w in m.scale_down))
-    return TargetRef(kind="AlertmanagerSilence", name=m.alertmanager.url)
+    return TargetRef(kind="AlertmanagerSilence", name=http.redact(m.alertmanager.url))
 
 
 def resolve(kube: Kube, namespace: str, spec: RollbackSpec) -> None:
@@ -70,10 +71,23 @@ def resolve(kube: Kube, namespace: str, spec: RollbackSpec) -> None:
     m = spec.maintenance
     if m and m.service:
         _get(kube, SERVICES, namespace, m.service.name, "maintenance Service")
-    for call in ([m.http.enter, m.http.exit] if m and m.http else []):
+    for which, call in ([("enter", m.http.enter), ("exit", m.http.exit)] if m and m.http else []):
+        what = f"the maintenance {which} hook's URL"
+        url = call.url
         if call.url_secret_ref:
-            read_key(kube, namespace, call.url_secret_ref.name, call.url_secret_ref.key,
-                     "the maintenance hook's URL Secret")
+            ref = call.url_secret_ref
+            url = read_key(kube, namespace, ref.name, ref.key, f"{what} Secret")
+            what += f" (Secret {namespace}/{ref.name} key {ref.key!r})"
+        http.check_url(url, what)
+    am = spec.monitoring.alertmanager if spec.monitoring else None
+    if am:
+        http.check_url(am.url, "the Alertmanager URL")
+        others = [x.value for x in am.matchers if x.name == "namespace" and (x.value != namespace or x.is_regex
+                                                                               or not x.is_equal)]
+        if others:
+            raise StepFailed(C.NAMESPACE_NOT_ALLOWED, "the Alertmanager silence may only match alerts of "
+                             f"namespace {namespace} (a Rollback touches only its own namespace); drop the "
+                             "namespace matcher, Rewind adds it")
     restored = {(t.kind, t.name) for t in spec.application or []}
     for w in (spec.monitoring.scale_down or []) if spec.monitoring else []:
         if (w.kind, w.name) in restored:
@@ -116,18 +130,34 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
     if rec.next_attempt_at and now < rec.next_attempt_at:
         return (rec.next_attempt_at - now).total_seconds()
     rec.attempts += 1
-    try:
-        done = {ENTER: _enter, EXIT: _exit, SUSPEND: _suspend, RESUME: _resume}[step.name](ctx)
-    except StepFailed as e:
-        if not e.retryable or rec.attempts >= ATTEMPTS[step.name]:
-            raise StepFailed(e.reason, f"{e.message} (after {rec.attempts} attempt(s))") from None
-        rec.message = f"attempt {rec.attempts} of {ATTEMPTS[step.name]} failed: {e.message}; retrying"
+    actions = {ENTER: _enter, EXIT: _exit, SUSPEND: _suspend, RESUME: _resume}[step.name](ctx)
+    messages, errors = [], []
+    for key, action in actions:
+        done = ctx.status.hooks.done
+        if key not in done:
+            try:
+                done[key] = action()
+            except StepFailed as e:
+                errors.append(e)
+                if not step.cleanup:
+                    break        # entering stops at the first failure; undoing tries everything
+                continue
+            ctx.save()           # each action once: a retry or a restart skips what is done
+        messages.append(done[key])
+    if errors:
+        message = "; ".join(e.message for e in errors)
+        if not any(e.retryable for e in errors) or rec.attempts >= ATTEMPTS[step.name]:
+            if messages:
+                message += f" (done: {'; '.join(messages)})"
+            raise StepFailed(errors[0].reason, f"{message} (after {rec.attempts} attempt(s))")
+        rec.message = f"attempt {rec.attempts} of {ATTEMPTS[step.name]} failed: {message}; retrying"
         rec.next_attempt_at = now + datetime.timedelta(seconds=2 ** rec.attempts)
         ctx.save()
         return float(2 ** rec.attempts)
-    rec.state, rec.finished_at, rec.message, rec.next_attempt_at = StepState.SUCCEEDED.value, ctx.clock(), done, None
+    text = "; ".join(messages) + "." if messages else "Nothing to do."
+    rec.state, rec.finished_at, rec.message, rec.next_attempt_at = StepState.SUCCEEDED.value, ctx.clock(), text, None
     ctx.save()
-    ctx.emit("Normal", "HookDone", f"{step.name}: {done}")
+    ctx.emit("Normal", "HookDone", f"{step.name}: {text}")
     return None
 
 
@@ -137,15 +167,16 @@ class HookFailed(StepFailed):
         self.retryable = retryable
 
 
-def _call(ctx: Context, call: HttpCall, label: str) -> str:
+def _call(ctx: Context, call: HttpCall, label: str, key: str) -> str:
     url = call.url
     if call.url_secret_ref:
         url = read_key(ctx.kube, ctx.namespace, call.url_secret_ref.name, call.url_secret_ref.key,
                        f"the URL Secret of {label}")
     ok, retry, detail = http.call(url, call.method, call.body, timeout=call.timeout_seconds,
-                                  verify=not call.insecure_skip_tls_verify, label=label)
+                                  verify=not call.insecure_skip_tls_verify, label=label,
+                                  headers={"Idempotency-Key": hashlib.sha256(f"{ctx.uid}/{key}".encode()).hexdigest()[:32]})
     if not ok:
-        raise HookFailed("HookFailed", detail, retryable=retry)
+        raise HookFailed(C.HOOK_FAILED, detail, retryable=retry)
     return detail
 
 
@@ -154,33 +185,55 @@ def _patch_selector(ctx: Context, name: str, selector: dict) -> None:
         ctx.kube.patch(SERVICES, ctx.namespace, name, [{"op": "replace", "path": "/spec/selector",
                                                         "value": selector}], JSON_PATCH)
     except KubeError as e:
-        raise HookFailed("HookFailed", f"could not switch Service {name}'s selector: the API answered "
+        raise HookFailed(C.HOOK_FAILED, f"could not switch Service {name}'s selector: the API answered "
                          f"{e.status} {e.reason}", retryable=not (e.not_found or e.forbidden)) from None
 
 
-def _enter(ctx: Context) -> str:
-    m, hooks, done = ctx.rollback.spec.maintenance, ctx.status.hooks, []
+def _selector(ctx: Context, name: str) -> dict:
+    try:
+        return dict(ctx.kube.get(SERVICES, ctx.namespace, name)["spec"].get("selector") or {})
+    except KubeError as e:
+        raise HookFailed(C.HOOK_FAILED, f"could not read Service {name}: the API answered {e.status} "
+                         f"{e.reason}", retryable=not (e.not_found or e.forbidden)) from None
+
+
+def _enter(ctx: Context):
+    m = ctx.rollback.spec.maintenance
+    actions = []
     if m.http:
-        done.append(_call(ctx, m.http.enter, "the maintenance enter hook"))
+        actions.append(("enter/http", lambda: _call(ctx, m.http.enter, "the maintenance enter hook", "maintenance/enter")))
     if m.service:
-        if hooks.service_selector is None:
-            svc = _get(ctx.kube, SERVICES, ctx.namespace, m.service.name, "maintenance Service")
-            hooks.service_selector = dict(svc["spec"].get("selector") or {})
-            ctx.save()   # the selector to put back is recorded before it is changed
-        _patch_selector(ctx, m.service.name, dict(m.service.selector))
-        done.append(f"Service {m.service.name} points at the maintenance backend "
-                    f"({_labels(m.service.selector)})")
-    return "; ".join(done) + "."
+        def switch() -> str:
+            hooks, wanted = ctx.status.hooks, dict(m.service.selector)
+            if hooks.service_selector is None:
+                current = _selector(ctx, m.service.name)
+                if current == wanted:
+                    raise HookFailed(C.HOOK_FAILED, f"Service {m.service.name} already points at the "
+                                     f"maintenance backend ({_labels(wanted)}): an earlier rollback may have "
+                                     "left it there; point it at its pods first", retryable=False)
+                hooks.service_selector = current
+                ctx.save()   # the selector to put back is recorded before it is changed
+            _patch_selector(ctx, m.service.name, wanted)
+            return f"Service {m.service.name} points at the maintenance backend ({_labels(wanted)})"
+        actions.append(("enter/service", switch))
+    return actions
 
 
-def _exit(ctx: Context) -> str:
-    m, hooks, done = ctx.rollback.spec.maintenance, ctx.status.hooks or HookStatus(), []
+def _exit(ctx: Context):
+    m, hooks = ctx.rollback.spec.maintenance, ctx.status.hooks
+    actions = []
     if m.service and hooks.service_selector is not None:
-        _patch_selector(ctx, m.service.name, hooks.service_selector)
-        done.append(f"Service {m.service.name} points at its own pods again ({_labels(hooks.service_selector)})")
+        def back() -> str:
+            current = _selector(ctx, m.service.name)
+            if current != dict(m.service.selector):
+                return (f"Service {m.service.name} left as it is ({_labels(current)}): someone changed it "
+                        "during the rollback")
+            _patch_selector(ctx, m.service.name, hooks.service_selector)
+            return f"Service {m.service.name} points at its own pods again ({_labels(hooks.service_selector)})"
+        actions.append(("exit/service", back))
     if m.http:
-        done.append(_call(ctx, m.http.exit, "the maintenance exit hook"))
-    return "; ".join(done) + "."
+        actions.append(("exit/http", lambda: _call(ctx, m.http.exit, "the maintenance exit hook", "maintenance/exit")))
+    return actions
 
 
 def _labels(selector: dict) -> str:
@@ -192,29 +245,46 @@ def _scale(ctx: Context, kind: str, name: str, replicas: int) -> None:
         ctx.kube.patch(WORKLOADS[kind], ctx.namespace, name, {"spec": {"replicas": replicas}},
                        MERGE_PATCH, sub="scale")
     except KubeError as e:
-        raise HookFailed("HookFailed", f"could not scale {kind} {name} to {replicas}: the API answered "
+        raise HookFailed(C.HOOK_FAILED, f"could not scale {kind} {name} to {replicas}: the API answered "
                          f"{e.status} {e.reason}", retryable=not (e.not_found or e.forbidden)) from None
+
+
+def _replicas(ctx: Context, kind: str, name: str) -> int:
+    try:
+        return int(ctx.kube.get(WORKLOADS[kind], ctx.namespace, name)["spec"].get("replicas", 1))
+    except KubeError as e:
+        raise HookFailed(C.HOOK_FAILED, f"could not read {kind} {name}: the API answered {e.status} {e.reason}",
+                         retryable=not (e.not_found or e.forbidden)) from None
 
 
 def _marker(ctx: Context) -> str:
     return f"rewind.dev/rollback-uid={ctx.uid}"
 
 
-def _suspend(ctx: Context) -> str:
-    m, hooks, done = ctx.rollback.spec.monitoring, ctx.status.hooks, []
+def matchers(spec_matchers, namespace: str) -> list[dict]:
+    """The silence's matchers, always confined to the Rollback's namespace."""
+    out = [m.dump() for m in spec_matchers]
+    if not any(m["name"] == "namespace" for m in out):
+        out.append({"name": "namespace", "value": namespace, "isRegex": False, "isEqual": True})
+    return out
+
+
+def _suspend(ctx: Context):
+    m = ctx.rollback.spec.monitoring
+    actions = []
     if m.scale_down:
-        if hooks.scaled_replicas is None:
-            hooks.scaled_replicas = {}
+        def scale_down() -> str:
+            hooks = ctx.status.hooks
+            if hooks.scaled_replicas is None:
+                hooks.scaled_replicas = {f"{w.kind}/{w.name}": _replicas(ctx, w.kind, w.name) for w in m.scale_down}
+                ctx.save()   # the replicas to put back are recorded before they are changed
             for w in m.scale_down:
-                obj = _get(ctx.kube, WORKLOADS[w.kind], ctx.namespace, w.name, f"monitoring {w.kind}")
-                hooks.scaled_replicas[f"{w.kind}/{w.name}"] = int(obj["spec"].get("replicas", 1))
-            ctx.save()   # the replicas to put back are recorded before they are changed
-        for w in m.scale_down:
-            _scale(ctx, w.kind, w.name, 0)
-        done.append("scaled to 0: " + ", ".join(f"{k} (was {v})" for k, v in hooks.scaled_replicas.items()))
+                _scale(ctx, w.kind, w.name, 0)
+            return "scaled to 0: " + ", ".join(f"{k} (was {v})" for k, v in hooks.scaled_replicas.items())
+        actions.append(("suspend/scale", scale_down))
     if m.alertmanager:
-        done.append(_silence(ctx))
-    return "; ".join(done) + "."
+        actions.append(("suspend/silence", lambda: _silence(ctx)))
+    return actions
 
 
 def _silence(ctx: Context) -> str:
@@ -226,7 +296,7 @@ def _silence(ctx: Context) -> str:
         if sid is None:
             ends = ctx.clock() + datetime.timedelta(minutes=am.max_duration_minutes)
             sid = alertmanager.create_silence(
-                am.url, [mt.dump() for mt in am.matchers], ends_at=ends, created_by="rewind",
+                am.url, matchers(am.matchers, ctx.namespace), ends_at=ends, created_by="rewind",
                 comment=f"Rollback {ctx.namespace}/{ctx.name} ({ctx.rollback.spec.severity}): "
                         f"{ctx.rollback.spec.reason[:200]} [{_marker(ctx)}]", verify=verify)
             hooks.silence_ends_at = ends
@@ -237,24 +307,28 @@ def _silence(ctx: Context) -> str:
     return f"Alertmanager silence {sid} {'adopted' if adopted else 'created'}"
 
 
-def _resume(ctx: Context) -> str:
-    m, hooks, done = ctx.rollback.spec.monitoring, ctx.status.hooks or HookStatus(), []
+def _resume(ctx: Context):
+    m, hooks = ctx.rollback.spec.monitoring, ctx.status.hooks
+    actions = []
     for key, replicas in (hooks.scaled_replicas or {}).items():
-        kind, name = key.split("/", 1)
-        current = _get(ctx.kube, WORKLOADS[kind], ctx.namespace, name, f"monitoring {kind}")
-        if int(current["spec"].get("replicas", 1)) != 0:
-            done.append(f"{key} left at {current['spec'].get('replicas')} replicas (someone scaled it meanwhile)")
-            continue
-        _scale(ctx, kind, name, replicas)
-        done.append(f"{key} back to {replicas} replica(s)")
+        def back(key=key, replicas=replicas) -> str:
+            kind, name = key.split("/", 1)
+            current = _replicas(ctx, kind, name)
+            if current != 0:
+                return f"{key} left at {current} replica(s): someone scaled it during the rollback"
+            _scale(ctx, kind, name, replicas)
+            return f"{key} back to {replicas} replica(s)"
+        actions.append((f"resume/scale/{key}", back))
     if m.alertmanager:
-        am = m.alertmanager
-        verify = not am.insecure_skip_tls_verify
-        try:
-            sid = hooks.silence_id or alertmanager.find_silence(am.url, _marker(ctx), verify=verify)
-            if sid:
-                alertmanager.expire_silence(am.url, sid, verify=verify)
-        except alertmanager.AlertmanagerError as e:
-            raise HookFailed(e.reason, f"Alertmanager: {e.message}") from None
-        done.append(f"Alertmanager silence {sid} expired" if sid else "no Alertmanager silence to expire")
-    return "; ".join(done) + "."
+        def expire() -> str:
+            am = m.alertmanager
+            verify = not am.insecure_skip_tls_verify
+            try:
+                sid = hooks.silence_id or alertmanager.find_silence(am.url, _marker(ctx), verify=verify)
+                if sid:
+                    alertmanager.expire_silence(am.url, sid, verify=verify)
+            except alertmanager.AlertmanagerError as e:
+                raise HookFailed(e.reason, f"Alertmanager: {e.message}") from None
+            return f"Alertmanager silence {sid} expired" if sid else "no Alertmanager silence to expire"
+        actions.append(("resume/silence", expire))
+    return actions

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
+import time
 
 from rewind.adapters import notify
 from rewind.api import conditions as C
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 SEND_TIMEOUT = 5.0
+BUDGET = 8.0      # seconds of sending per engine call; what is left waits for the next call
 
 
 def _matches(n: Notification, event: str, severity: str) -> bool:
@@ -51,7 +53,7 @@ def queue(ctx: Context, event: NotificationEvent, message: str) -> None:
         if key not in have:
             ctx.status.notifications.append(NotificationRecord(
                 channel=n.name, event=event, key=key, message=message[:2048], queued_at=now,
-                next_attempt_at=now))
+                next_attempt_at=now, phase=ctx.status.phase, progress=ctx.status.progress))
 
 
 def preflight(ctx: Context) -> list[str]:
@@ -79,10 +81,13 @@ def deliver(ctx: Context) -> float | None:
     if due:
         ctx.save()   # the outbox entries are durable before anything is sent
         channels = {n.name: n for n in ctx.rollback.spec.notifications or []}
+        started = time.monotonic()
         for rec in due:
+            if time.monotonic() - started > BUDGET:
+                break    # the rest goes out on the next call: sending must not hold up the steps
             _attempt(ctx, channels.get(rec.channel), rec)
-        _condition(ctx)
-        ctx.save()
+            _condition(ctx)
+            ctx.save()   # each outcome at once: a later failure must not make it send again
     pending = [r.next_attempt_at for r in ctx.status.notifications
                if r.state == NotificationState.PENDING.value and r.next_attempt_at]
     return max(0.5, (min(pending) - ctx.clock()).total_seconds()) if pending else None
@@ -98,6 +103,10 @@ def _attempt(ctx: Context, channel: Notification | None, rec: NotificationRecord
             result = _send(ctx, channel, rec)
         except StepFailed as e:
             result = notify.Delivery(False, False, e.message)
+        except Exception as e:  # noqa: BLE001 - a notification never fails the rollback
+            log.warning("%s/%s: sending the %s notification to %s failed: %s", ctx.namespace, ctx.name,
+                        rec.event, rec.channel, type(e).__name__)
+            result = notify.Delivery(False, True, f"sending failed ({type(e).__name__})")
     if result.ok:
         rec.state, rec.sent_at, rec.last_error, rec.next_attempt_at = NotificationState.SENT.value, now, None, None
         log.info("%s/%s: %s notification sent to %s", ctx.namespace, ctx.name, rec.event, rec.channel)
@@ -138,21 +147,21 @@ def _send(ctx: Context, channel: Notification, rec: NotificationRecord) -> notif
 
 
 def payload(ctx: Context, rec: NotificationRecord) -> dict:
-    spec, status = ctx.rollback.spec, ctx.status
+    spec = ctx.rollback.spec
     return {
         "idempotencyKey": rec.key, "event": rec.event, "severity": spec.severity,
         "rollback": {"namespace": ctx.namespace, "name": ctx.name, "uid": ctx.uid},
-        "phase": status.phase, "progress": status.progress, "reason": spec.reason,
+        "phase": rec.phase, "progress": rec.progress, "reason": spec.reason,
         "requestedBy": spec.requested_by, "message": rec.message,
         "occurredAt": rec.queued_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 
 def _email_body(ctx: Context, rec: NotificationRecord) -> str:
-    spec, status = ctx.rollback.spec, ctx.status
+    spec = ctx.rollback.spec
     lines = [rec.message, "", f"Rollback:     {ctx.namespace}/{ctx.name}", f"Severity:     {spec.severity}",
              f"Reason:       {spec.reason}", f"Requested by: {spec.requested_by or '-'}",
-             f"Phase:        {status.phase} (step {status.progress or '-'})",
+             f"Phase:        {rec.phase} (step {rec.progress or '-'})",
              f"Occurred at:  {rec.queued_at:%Y-%m-%d %H:%M:%S} UTC", "",
              f"Details: kubectl -n {ctx.namespace} describe rollback {ctx.name}",
              f"Report:  kubectl rewind report {ctx.name} -n {ctx.namespace}"]

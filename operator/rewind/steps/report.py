@@ -25,12 +25,12 @@ def name_for(rollback: str) -> str:
     return f"{rollback[:230]}-{hashlib.sha256(rollback.encode()).hexdigest()[:8]}-report"
 
 
-def sync(ctx: Context) -> None:
-    """Writes the report when it changed. A failure is logged and retried on the next call."""
+def sync(ctx: Context) -> float | None:
+    """Writes the report when it changed; returns a delay to try again after a failure."""
     text = report.render(ctx.obj | {"status": ctx.status.dump()})
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     if ctx.status.report and ctx.status.report.sha256 == digest:
-        return
+        return None
     name = name_for(ctx.name)
     body = {
         "apiVersion": "v1", "kind": "ConfigMap",
@@ -46,13 +46,14 @@ def sync(ctx: Context) -> None:
     except KubeError as e:
         log.warning("%s/%s: could not write the incident report %s: %s %s", ctx.namespace, ctx.name,
                     name, e.status, e.reason)
-        return
+        return 10.0 if not e.forbidden else None
     first = ctx.status.report is None
     ctx.status.report = ReportRef(config_map_ref=name, sha256=digest)
     ctx.save()
     if first:
         ctx.emit("Normal", "ReportWritten", f"Incident report in ConfigMap {name}: "
                  f"kubectl rewind report {ctx.name} -n {ctx.namespace}")
+    return None
 
 
 def _write(kube: Kube, namespace: str, name: str, body: dict) -> None:

@@ -27,7 +27,7 @@ def plan(spec: RollbackSpec) -> list[PlanStep]:
     if not v:
         return []
     return [PlanStep(name=f"verify/http/{c.name}", kind=StepKind.HTTP_CHECK,
-                     target=TargetRef(kind="HTTP", name=c.url), action=StepAction.RESTORE)
+                     target=TargetRef(kind="HTTP", name=http.redact(c.url)), action=StepAction.RESTORE)
             for c in v.http or []] + \
            [PlanStep(name=f"verify/sql/{c.name}", kind=StepKind.SQL_CHECK,
                      target=TargetRef(kind="SQL", name=_connection_ref(spec, c)), action=StepAction.RESTORE)
@@ -40,7 +40,10 @@ def _connection_ref(spec: RollbackSpec, check: SqlCheck) -> str:
 
 
 def resolve(kube: Kube, namespace: str, spec: RollbackSpec) -> None:
-    """Preflight of the SQL checks: each has a connection, whose Secret holds a valid URL."""
+    """Preflight: HTTP checks have usable URLs; SQL checks have a connection whose Secret holds a
+    valid URL."""
+    for c in (spec.verification.http or []) if spec.verification else []:
+        http.check_url(c.url, f"the URL of HTTP check {c.name}")
     for check in (spec.verification.sql or []) if spec.verification else []:
         conn = check.connection or (spec.database.connection if spec.database else None)
         if conn is None:

@@ -172,6 +172,28 @@ def _execute(ctx: Context) -> float | None:
             return delay
 
 
+def abandon(ctx: Context) -> float | None:
+    """The Rollback is being deleted before it finished: nothing more of the plan is done, except
+    its cleanup steps (exit maintenance, resume monitoring), so deleting a Rollback never leaves the
+    site in maintenance. Returns a delay while the cleanup waits, None once it is over."""
+    if ctx.status.phase in TERMINAL_PHASES or not ctx.status.plan:
+        return None
+    now = ctx.clock()
+    for s, rec in zip(ctx.status.plan, ctx.status.steps):
+        if s.cleanup or rec.state in planning.FINISHED_STATES:
+            continue
+        if rec.state == StepState.RUNNING.value:
+            rec.state, rec.message = StepState.INTERRUPTED.value, ("The Rollback was deleted while this "
+                                                                   "step ran; check its target.")
+        else:
+            rec.state, rec.message = StepState.SKIPPED.value, "Not run: the Rollback was deleted."
+        rec.reason, rec.finished_at = C.DELETED, now
+    ctx.save()
+    delay = _execute(ctx)
+    notifications.deliver(ctx)
+    return delay
+
+
 def _first_failure(ctx: Context) -> StepRecord | None:
     return next((r for s, r in zip(ctx.status.plan, ctx.status.steps) if not s.cleanup
                  and r.state in (StepState.FAILED.value, StepState.INTERRUPTED.value)), None)
@@ -230,6 +252,9 @@ def _finish(ctx: Context) -> None:
             hooks_note = " " + " ".join(f"{r.name}: {r.message}" for _, r in cleanup
                                         if r.state == StepState.SUCCEEDED.value and r.message)
     failed = _first_failure(ctx)
+    if not failed and any(r.reason == C.DELETED for r in ctx.status.steps):
+        return _terminal(ctx, Phase.FAILED, C.DELETED, "The Rollback was deleted before it finished; "
+                         "the steps that had run stay done." + hooks_note)
     if failed:
         interrupted = failed.state == StepState.INTERRUPTED.value
         return _terminal(ctx, Phase.INTERRUPTED if interrupted else Phase.FAILED,

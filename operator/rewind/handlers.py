@@ -147,6 +147,37 @@ def drive(namespace: str, name: str, **_) -> None:
         raise kopf.TemporaryError("waiting for the rollout", delay=delay)
 
 
+@kopf.on.delete(GROUP, VERSION, PLURAL, id="rollback-delete")
+def on_delete(namespace: str, name: str, **_) -> None:
+    """A Rollback deleted while it runs still exits maintenance and resumes monitoring (kopf's
+    finalizer holds the deletion until then). A finished one is let go at once."""
+    k = kube()
+    try:
+        obj = k.get(ROLLBACKS, namespace, name)
+    except KubeError as e:
+        if e.not_found:
+            return
+        raise kopf.TemporaryError(f"cannot read the Rollback: {_describe(e)}", delay=2) from None
+    uid = obj["metadata"]["uid"]
+    try:
+        delay = engine.abandon(engine.Context(k, obj, _saver(k, namespace, name, obj), _emitter(k, obj)))
+    except kopf.TemporaryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - retried, then the deletion goes ahead
+        count = _errors[uid] = _errors.get(uid, 0) + 1
+        log.warning("rollback %s/%s (being deleted): error %d of %d: %s", namespace, name, count,
+                    MAX_CONSECUTIVE_ERRORS, _describe(e))
+        if count < MAX_CONSECUTIVE_ERRORS:
+            raise kopf.TemporaryError("retrying the cleanup", delay=min(2 ** count, 30)) from None
+        log.error("rollback %s/%s: deleted without its cleanup: check the maintenance and monitoring "
+                  "hooks by hand", namespace, name)
+        _errors.pop(uid, None)
+        return
+    _errors.pop(uid, None)
+    if delay is not None:
+        raise kopf.TemporaryError("undoing the hooks before the Rollback goes", delay=delay)
+
+
 @kopf.on.event("v1", "secrets", labels={secrets.TRACK_LABEL: "true"})
 def track_secret(body, type: str | None, **_) -> None:
     """Secret history: every change of a tracked Secret is kept as an immutable copy. (An event

@@ -14,7 +14,7 @@ from kubernetes import client
 
 import httpservers
 from helpers import (
-    audit_writes, condition, deploy_revisions, deployment, kubectl_apply, rolled_out, rollback, wait_for,
+    audit_writes, condition, deploy_revisions, deployment, events_for, kubectl_apply, rolled_out, rollback, wait_for,
     wait_phase,
 )
 from rewind_testbed.receivers import SmtpReceiver, WebhookReceiver
@@ -287,3 +287,33 @@ def test_a_silence_for_another_namespace_is_refused(cluster, api_client, namespa
     planned = condition(rb, "Planned")
     assert planned["status"] == "False" and planned["reason"] == "NamespaceNotAllowed", planned
     assert _silences(alertmanager, "payments") == []
+
+
+def test_a_rollback_deleted_mid_run_still_undoes_its_hooks(cluster, api_client, namespace, operator, health,
+                                                          hooks_server, alertmanager):
+    apps, core = _bed(api_client, namespace)
+    _secret(api_client, namespace, "maintenance-exit", {"url": hooks_server.url("/maintenance/exit")})
+    kubectl_apply(cluster, namespace, rollback("dropped", [{"name": "web"}], **_hooks(hooks_server, alertmanager, namespace),
+                                               verification={"http": [{"name": "health", "url": f"{health}/api/health",
+                                                                       "count": 30, "intervalSeconds": 1}]}))
+    crd = client.CustomObjectsApi(api_client)
+    get = lambda: crd.get_namespaced_custom_object("rewind.dev", "v1alpha1", namespace, "rollbacks", "dropped")  # noqa: E731
+    wait_for("the checks running", lambda: any(s["name"] == "verify/http/health" and s["state"] == "Running"
+                                               for s in get().get("status", {}).get("steps", [])), timeout=60)
+    assert core.read_namespaced_service("web", namespace).spec.selector == {"app": "maintenance-page"}
+    crd.delete_namespaced_custom_object("rewind.dev", "v1alpha1", namespace, "rollbacks", "dropped")
+
+    def gone():
+        try:
+            get()
+            return False
+        except client.ApiException as e:
+            return e.status == 404
+    wait_for("the Rollback gone", gone, timeout=60)
+    # Deleted mid-run, yet the maintenance window was exited and monitoring resumed.
+    assert core.read_namespaced_service("web", namespace).spec.selector == {"app": "web"}
+    assert apps.read_namespaced_deployment("alert-checker", namespace).spec.replicas == 2
+    assert [s["status"]["state"] for s in _silences(alertmanager, namespace)] == ["expired"]
+    assert [r.path for r in hooks_server.requests] == ["/maintenance/enter", "/maintenance/exit"]
+    reasons = [e.reason for e in events_for(api_client, namespace, "dropped")]
+    assert "Deleted" in reasons and reasons.index("Deleted") > reasons.index("Planned")

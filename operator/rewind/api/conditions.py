@@ -129,6 +129,8 @@ CONFLICT = "ConcurrentModification"
 """Someone else changed the workload between preflight and the write; nothing was written."""
 INTERRUPTED = "Interrupted"
 """The operator stopped inside a step whose outcome it cannot know; a person must check."""
+DELETED = "Deleted"
+"""The Rollback was deleted before it finished; only its cleanup steps still ran."""
 OPERATOR_ERROR = "OperatorError"
 """Calls kept failing (the Kubernetes API, PostgreSQL, a bug) and retries did not fix it."""
 

@@ -143,6 +143,7 @@ STEP_KINDS = {
     "ConsumersRestart": consumers,
     "HttpCheck": verification,
     "SqlCheck": verification,
+    "TlsCheck": verification,
     **{kind: hooks for kind in ("MaintenanceEnter", "MaintenanceExit", "MonitoringSuspend", "MonitoringResume")},
 }
 

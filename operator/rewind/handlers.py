@@ -113,16 +113,23 @@ def _describe(e: Exception) -> str:
     return f"{type(e).__name__} (details in the operator's log)"
 
 
+def _read(k: Kube, namespace: str, name: str) -> dict | None:
+    """The Rollback as it is now; None when it is gone."""
+    try:
+        return k.get(ROLLBACKS, namespace, name)
+    except KubeError as e:
+        if e.not_found:
+            return None
+        raise kopf.TemporaryError(f"cannot read the Rollback: {_describe(e)}", delay=2) from None
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="rollback-resume")
 @kopf.on.create(GROUP, VERSION, PLURAL, id="rollback")
 def drive(namespace: str, name: str, **_) -> None:
     k = kube()
-    try:
-        obj = k.get(ROLLBACKS, namespace, name)
-    except KubeError as e:
-        if e.not_found:
-            return
-        raise kopf.TemporaryError(f"cannot read the Rollback: {_describe(e)}", delay=2) from None
+    obj = _read(k, namespace, name)
+    if obj is None:
+        return
     uid = obj["metadata"]["uid"]
     ctx = engine.Context(k, obj, _saver(k, namespace, name, obj), _emitter(k, obj))
     try:
@@ -152,12 +159,9 @@ def on_delete(namespace: str, name: str, **_) -> None:
     """A Rollback deleted while it runs still exits maintenance and resumes monitoring (kopf's
     finalizer holds the deletion until then). A finished one is let go at once."""
     k = kube()
-    try:
-        obj = k.get(ROLLBACKS, namespace, name)
-    except KubeError as e:
-        if e.not_found:
-            return
-        raise kopf.TemporaryError(f"cannot read the Rollback: {_describe(e)}", delay=2) from None
+    obj = _read(k, namespace, name)
+    if obj is None:
+        return
     uid = obj["metadata"]["uid"]
     try:
         delay = engine.abandon(engine.Context(k, obj, _saver(k, namespace, name, obj), _emitter(k, obj)))

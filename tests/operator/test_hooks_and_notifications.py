@@ -235,17 +235,24 @@ def test_an_operator_killed_mid_notification_sends_it_again_under_the_same_key(
         assert rec["key"] == started[0].key
 
 
+def _start_checking(cluster, api_client, namespace, name, hooks_server, alertmanager, health, count):
+    """Applies a Rollback with every hook and an HTTP check of `count` measurements, and returns
+    once the check runs (the maintenance window entered); returns a getter of the Rollback."""
+    kubectl_apply(cluster, namespace, rollback(name, [{"name": "web"}], **_hooks(hooks_server, alertmanager, namespace),
+                                               verification={"http": [{"name": "health", "url": f"{health}/api/health",
+                                                                       "count": count, "intervalSeconds": 1}]}))
+    crd = client.CustomObjectsApi(api_client)
+    get = lambda: crd.get_namespaced_custom_object("rewind.dev", "v1alpha1", namespace, "rollbacks", name)  # noqa: E731
+    wait_for("the checks running", lambda: any(s["name"] == "verify/http/health" and s["state"] == "Running"
+                                               for s in get().get("status", {}).get("steps", [])), timeout=60)
+    return get
+
+
 def test_undo_goes_on_past_a_part_that_cannot_be_undone(cluster, api_client, namespace, operator, health,
                                                         hooks_server, alertmanager):
     apps, core = _bed(api_client, namespace)
     _secret(api_client, namespace, "maintenance-exit", {"url": hooks_server.url("/maintenance/exit")})
-    kubectl_apply(cluster, namespace, rollback("partial", [{"name": "web"}], **_hooks(hooks_server, alertmanager, namespace),
-                                               verification={"http": [{"name": "health", "url": f"{health}/api/health",
-                                                                       "count": 6, "intervalSeconds": 1}]}))
-    get = lambda: client.CustomObjectsApi(api_client).get_namespaced_custom_object(  # noqa: E731
-        "rewind.dev", "v1alpha1", namespace, "rollbacks", "partial")
-    wait_for("the checks running", lambda: any(s["name"] == "verify/http/health" and s["state"] == "Running"
-                                               for s in get().get("status", {}).get("steps", [])), timeout=60)
+    _start_checking(cluster, api_client, namespace, "partial", hooks_server, alertmanager, health, 6)
     core.delete_namespaced_service("web", namespace)      # gone before it can be switched back
     rb = wait_phase(api_client, namespace, "partial", {"Succeeded", "Failed", "Interrupted"}, timeout=90)
     st = rb["status"]
@@ -293,15 +300,10 @@ def test_a_rollback_deleted_mid_run_still_undoes_its_hooks(cluster, api_client, 
                                                           hooks_server, alertmanager):
     apps, core = _bed(api_client, namespace)
     _secret(api_client, namespace, "maintenance-exit", {"url": hooks_server.url("/maintenance/exit")})
-    kubectl_apply(cluster, namespace, rollback("dropped", [{"name": "web"}], **_hooks(hooks_server, alertmanager, namespace),
-                                               verification={"http": [{"name": "health", "url": f"{health}/api/health",
-                                                                       "count": 30, "intervalSeconds": 1}]}))
-    crd = client.CustomObjectsApi(api_client)
-    get = lambda: crd.get_namespaced_custom_object("rewind.dev", "v1alpha1", namespace, "rollbacks", "dropped")  # noqa: E731
-    wait_for("the checks running", lambda: any(s["name"] == "verify/http/health" and s["state"] == "Running"
-                                               for s in get().get("status", {}).get("steps", [])), timeout=60)
+    get = _start_checking(cluster, api_client, namespace, "dropped", hooks_server, alertmanager, health, 30)
     assert core.read_namespaced_service("web", namespace).spec.selector == {"app": "maintenance-page"}
-    crd.delete_namespaced_custom_object("rewind.dev", "v1alpha1", namespace, "rollbacks", "dropped")
+    client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
+        "rewind.dev", "v1alpha1", namespace, "rollbacks", "dropped")
 
     def gone():
         try:

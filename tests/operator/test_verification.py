@@ -124,3 +124,46 @@ def test_an_sql_check_without_a_connection_is_refused_before_anything_changes(
     assert planned["status"] == "False" and planned["reason"] == "InvalidSpec"
     assert "SQL check rows has no connection" in planned["message"]
     assert audit_writes(cluster, namespace, "deployments") in ([], None)
+
+
+def test_tls_checks_look_at_the_certificate_actually_served(cluster, api_client, namespace, operator, tmp_path):
+    from rewind_testbed.certs import issue
+
+    from rewind.adapters import tls
+
+    ca = issue("Test CA", ca=True, days=30)
+    good = issue("www.booking.test", ca, hosts=["www.booking.test"], days=60)
+    short = issue("www.booking.test", ca, hosts=["www.booking.test"], days=4)
+    servers = []
+    for name, leaf in (("good", good), ("short", short)):
+        (tmp_path / f"{name}.crt").write_bytes(leaf.cert_pem + ca.cert_pem)
+        (tmp_path / f"{name}.key").write_bytes(leaf.key_pem)
+        server, url = httpservers.start(str(tmp_path / f"{name}.crt"), str(tmp_path / f"{name}.key"))
+        servers.append(server)
+        port = int(url.rsplit(":", 1)[1])
+        if name == "good":
+            good_port = port
+        else:
+            short_port = port
+    fp = tls.fingerprint(good.cert)
+    base = {"host": "127.0.0.1", "serverName": "www.booking.test"}
+    try:
+        deploy_revisions(client.AppsV1Api(api_client), namespace, "web", ["registry.local/web:1", "registry.local/web:2"])
+        kubectl_apply(cluster, namespace, rollback("tls", [{"name": "web"}], verification={"onFailure": "Warn", "tls": [
+            {"name": "served", "port": good_port, "fingerprintSha256": fp, **base},
+            {"name": "other-cert", "port": short_port, "fingerprintSha256": fp, **base},
+            {"name": "wrong-name", "port": good_port, **base, "serverName": "admin.booking.test"},
+            {"name": "expiring", "port": short_port, "minValidDays": 7, **base},
+            {"name": "nothing-there", "host": "127.0.0.1", "port": 1, "serverName": "www.booking.test"},
+        ]}))
+        rb = wait_phase(api_client, namespace, "tls", {"Succeeded", "Failed", "Interrupted"}, timeout=120)
+    finally:
+        for s in servers:
+            s.shutdown()
+    results = {v["name"].split("/")[-1]: v for v in rb["status"]["verification"]}
+    assert results["served"]["outcome"] == "Passed" and fp[:16] in results["served"]["detail"]
+    assert results["other-cert"]["outcome"] == "Failed" and "not " + fp[:16] in results["other-cert"]["detail"]
+    assert results["wrong-name"]["outcome"] == "Failed" and "does not cover admin.booking.test" in results["wrong-name"]["detail"]
+    assert results["expiring"]["outcome"] == "Failed" and "under 7" in results["expiring"]["detail"]
+    assert results["nothing-there"]["outcome"] == "Failed" and "no TLS handshake" in results["nothing-there"]["detail"]
+    assert condition(rb, "Verified")["status"] == "False"

@@ -300,6 +300,20 @@ class SqlCheck(_Measured):
     row_limit: int = Field(1000, ge=1, le=10000, description="Rows read at most.")
 
 
+class TlsCheck(_Measured):
+    """A TLS handshake with an endpoint: the served certificate covers `serverName`, is valid now
+    and for `minValidDays` more, and (with `fingerprintSha256`) is exactly that certificate."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
+    host: str = Field(min_length=1, max_length=253, description="Address to connect to.")
+    port: int = Field(443, ge=1, le=65535)
+    server_name: str = Field(min_length=1, max_length=253, pattern=HOSTNAME,
+                             description="SNI, and the name the certificate must cover.")
+    fingerprint_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                                           description="SHA-256 of the leaf's DER, lower-case hex.")
+    min_valid_days: int = Field(7, ge=0, le=365)
+
+
 class FailurePolicy(str, Enum):
     FAIL = "Fail"
     WARN = "Warn"
@@ -310,6 +324,9 @@ class Verification(_Model):
         None, max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
     sql: list[SqlCheck] | None = Field(
+        None, max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    tls: list[TlsCheck] | None = Field(
         None, max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
     on_failure: FailurePolicy = Field(FailurePolicy.FAIL, description="Fail: the rollback fails "
@@ -538,6 +555,7 @@ class StepKind(str, Enum):
     CONSUMERS_RESTART = "ConsumersRestart"
     HTTP_CHECK = "HttpCheck"
     SQL_CHECK = "SqlCheck"
+    TLS_CHECK = "TlsCheck"
     DATABASE_SWAP = "DatabaseSwap"
     MAINTENANCE_ENTER = "MaintenanceEnter"
     MAINTENANCE_EXIT = "MaintenanceExit"

@@ -1,4 +1,4 @@
-"""Verification checks after the rollback (HTTP and SQL), each a step with Argo-style semantics:
+"""Verification checks after the rollback (HTTP, SQL and TLS), each a step with Argo-style semantics:
 `count` measurements `intervalSeconds` apart. A measurement passes, fails, or is inconclusive
 (the check itself could not get an answer). The check fails as soon as more than `failureLimit`
 measurements failed or more than `consecutiveFailureLimit` failed in a row, is Inconclusive as
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import datetime
 
-from rewind.adapters import db, http, sqlcheck
+from rewind.adapters import db, http, sqlcheck, tls
 from rewind.adapters.kube import Kube
 from rewind.adapters.measurement import Measurement
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
-    PlanStep, RollbackSpec, SqlCheck, StepAction, StepKind, StepRecord, StepState, TargetRef,
+    PlanStep, RollbackSpec, SqlCheck, TlsCheck, StepAction, StepKind, StepRecord, StepState, TargetRef,
     VerificationResult,
 )
 from rewind.context import Context, StepFailed
@@ -31,7 +31,10 @@ def plan(spec: RollbackSpec) -> list[PlanStep]:
             for c in v.http or []] + \
            [PlanStep(name=f"verify/sql/{c.name}", kind=StepKind.SQL_CHECK,
                      target=TargetRef(kind="SQL", name=_connection_ref(spec, c)), action=StepAction.RESTORE)
-            for c in v.sql or []]
+            for c in v.sql or []] + \
+           [PlanStep(name=f"verify/tls/{c.name}", kind=StepKind.TLS_CHECK,
+                     target=TargetRef(kind="TLS", name=f"{c.host}:{c.port}"), action=StepAction.RESTORE)
+            for c in v.tls or []]
 
 
 def _connection_ref(spec: RollbackSpec, check: SqlCheck) -> str:
@@ -63,15 +66,36 @@ def _url(kube: Kube, namespace: str, check: SqlCheck, ref) -> str:
 
 
 def _check(spec: RollbackSpec, step: PlanStep):
-    if step.kind == StepKind.HTTP_CHECK.value:
-        return next(c for c in spec.verification.http if f"verify/http/{c.name}" == step.name)
-    return next(c for c in spec.verification.sql if f"verify/sql/{c.name}" == step.name)
+    kind = {StepKind.HTTP_CHECK.value: "http", StepKind.SQL_CHECK.value: "sql", StepKind.TLS_CHECK.value: "tls"}[step.kind]
+    return next(c for c in getattr(spec.verification, kind) if f"verify/{kind}/{c.name}" == step.name)
+
+
+def measure_tls(check: TlsCheck, now: datetime.datetime) -> Measurement:
+    where = f"{check.host}:{check.port}"
+    try:
+        cert = tls.served(check.host, check.port, check.server_name, timeout=check.timeout_seconds)
+    except (OSError, ValueError) as e:
+        return Measurement("Failed", f"no TLS handshake with {where} ({type(e).__name__})")
+    got = tls.fingerprint(cert)
+    if check.fingerprint_sha256 and got != check.fingerprint_sha256:
+        return Measurement("Failed", f"{where} serves certificate {got[:16]}..., not {check.fingerprint_sha256[:16]}...")
+    if not tls.covers(tls._names(cert), check.server_name):
+        return Measurement("Failed", f"the certificate {where} serves does not cover {check.server_name}")
+    if cert.not_valid_before_utc > now or cert.not_valid_after_utc <= now:
+        return Measurement("Failed", f"the certificate {where} serves is not valid now")
+    left = cert.not_valid_after_utc - now
+    if left < datetime.timedelta(days=check.min_valid_days):
+        return Measurement("Failed", f"the certificate {where} serves expires in {left.days} day(s), "
+                                     f"under {check.min_valid_days}")
+    return Measurement("Passed", f"{where} serves {got[:16]}... for {check.server_name}, valid {left.days} more day(s)")
 
 
 def _measure(ctx: Context, step: PlanStep, check) -> tuple[str, Measurement]:
     spec = ctx.rollback.spec
     if step.kind == StepKind.HTTP_CHECK.value:
         return "HTTP", http.measure(check)
+    if step.kind == StepKind.TLS_CHECK.value:
+        return "TLS", measure_tls(check, ctx.clock())
     conn = check.connection or spec.database.connection
     try:
         url = _url(ctx.kube, ctx.namespace, check, conn.secret_ref)

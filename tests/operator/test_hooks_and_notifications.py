@@ -19,7 +19,6 @@ from helpers import (
 )
 from rewind_testbed.receivers import SmtpReceiver, WebhookReceiver
 from rewind import report
-from rewind.adapters import alertmanager as am
 
 pytestmark = pytest.mark.cluster
 

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
+from rewind.adapters.http import BodyTooLarge, BodyTooSlow, read_capped
 from rewind.api.errors import ReasonedError
 
 MAX_BODY = 8 * 1024 * 1024       # the silence list holds expired silences too, for days
@@ -67,15 +68,16 @@ def _call(method: str, base_url: str, path: str, *, timeout: float, verify: Veri
     try:
         with httpx.Client(verify=verify, follow_redirects=False, timeout=timeout) as client:
             with client.stream(method, base_url.rstrip("/") + path, json=json_body) as response:
-                body = b""
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_BODY:
-                        raise AlertmanagerError(REFUSED, f"{what} answered with a body larger "
-                                                         f"than {MAX_BODY // 1024 // 1024} MiB")
-                    if time.monotonic() - t0 > timeout:
-                        raise AlertmanagerError(UNREACHABLE, f"{what} did not finish its answer "
-                                                             f"within {timeout:g}s")
+                try:
+                    body = read_capped(response, MAX_BODY, t0 + timeout)
+                except BodyTooLarge:
+                    raise AlertmanagerError(REFUSED, f"{what} answered with a body larger "
+                                                     f"than {MAX_BODY // 1024 // 1024} MiB") from None
+                except BodyTooSlow:
+                    raise AlertmanagerError(UNREACHABLE, f"{what} did not finish its answer "
+                                                         f"within {timeout:g}s") from None
+    except (httpx.InvalidURL, UnicodeError, ValueError):
+        raise AlertmanagerError(UNREACHABLE, f"{what}: the URL is not valid") from None
     except httpx.ConnectError as e:
         why = ("its TLS certificate is not trusted" if "CERTIFICATE_VERIFY_FAILED" in str(e)
                else f"connection failed: {_one_line(str(e), 120)}")

@@ -15,6 +15,27 @@ from rewind.api.v1alpha1 import HttpCheck
 MAX_BODY = 1024 * 1024
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyTooSlow(Exception):
+    pass
+
+
+def read_capped(response: httpx.Response, limit: int, deadline: float) -> bytes:
+    """A streamed response's body, at most `limit` bytes and finished by `deadline` (monotonic):
+    a huge or never-ending body cannot hold the operator."""
+    body = b""
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge
+        if time.monotonic() > deadline:
+            raise BodyTooSlow
+    return body
+
+
 def _m(ok: bool, detail: str) -> Measurement:
     return Measurement("Passed" if ok else "Failed", detail)
 
@@ -39,15 +60,13 @@ def measure(check: HttpCheck) -> Measurement:
         with httpx.Client(verify=not check.insecure_skip_tls_verify, follow_redirects=False,
                           timeout=check.timeout_seconds) as client:
             with client.stream(check.method, check.url) as response:
-                body = b""
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_BODY:
-                        return _m(False, f"{shown} answered {response.status_code} with a "
-                                                  f"body larger than {MAX_BODY // 1024} KiB")
-                    if time.monotonic() - t0 > check.timeout_seconds:
-                        return _m(False, f"{shown} did not finish its body within "
-                                                  f"{check.timeout_seconds}s")
+                try:
+                    body = read_capped(response, MAX_BODY, t0 + check.timeout_seconds)
+                except BodyTooLarge:
+                    return _m(False, f"{shown} answered {response.status_code} with a body larger "
+                                     f"than {MAX_BODY // 1024} KiB")
+                except BodyTooSlow:
+                    return _m(False, f"{shown} did not finish its body within {check.timeout_seconds}s")
     except (httpx.InvalidURL, UnicodeError, ValueError):
         return _m(False, f"{shown}: the URL is not valid")
     except httpx.ConnectError as e:

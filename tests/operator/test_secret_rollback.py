@@ -109,8 +109,10 @@ def test_oauth_secrets_roll_back_byte_for_byte_and_nothing_leaks(cluster, api_cl
     assert data_of(core, namespace, "microsoft-oauth") == ms_old
     assert condition(rb, "SecretsRestored")["status"] == "True"
     # What they held before is kept, so the rollback can itself be undone.
-    revs = revisions(core, namespace, "google-oauth")
-    assert revs[-1] >= 3 and data_of(core, namespace, f"google-oauth.rewind.{revs[-1]}") == google_old
+    # (The restored data is recorded by the Secret watch, a moment after the rollback finished.)
+    revs = wait_for("the restored data in the history", lambda: (lambda r: r if r[-1] >= 3 else None)(
+        revisions(core, namespace, "google-oauth")), timeout=30)
+    assert data_of(core, namespace, f"google-oauth.rewind.{revs[-1]}") == google_old
     assert data_of(core, namespace, "google-oauth.rewind.2") == google_new
     plan = rb["status"]["plan"][0]["secrets"]
     assert {c["name"]: c["source"] for c in plan} == {

@@ -12,6 +12,8 @@ from rewind import plan as planning
 from rewind.api.v1alpha1 import Rollback
 
 HEADER = "# Incident Report - Emergency Rollback"
+NOT_RUN = ("NotRun", "Deleted")
+CHECK_KINDS = ("HttpCheck", "SqlCheck", "TlsCheck", "TlsVerify")
 
 
 def _t(ts: datetime.datetime | None) -> str:
@@ -30,6 +32,15 @@ def _box(done: bool | None, text: str) -> str:
     return f"- [{'x' if done else ' '}] {text}" + ("" if done is not None else " (not part of this rollback)")
 
 
+def _target(rb: Rollback) -> str:
+    cond = _cond(rb, "WithinTarget")
+    if rb.status.within_target:
+        return "met"
+    if cond is not None and cond.reason == "NotCompleted":
+        return "not met: the rollback did not complete"
+    return "missed" if rb.status.within_target is False else "not finished"
+
+
 def render(obj: dict) -> str:
     rb = Rollback.model_validate(obj)
     spec, st = rb.spec, rb.status
@@ -40,8 +51,7 @@ def render(obj: dict) -> str:
     out += [f"**Date/Time:** {_t(st.started_at)}",
             f"**Incident ID:** {meta['namespace']}/{meta['name']} (uid {meta.get('uid', '-')})",
             f"**Severity:** {spec.severity.upper()}",
-            f"**Duration:** {st.duration or '-'} (target {planning.format_duration(target)}; "
-            f"{'met' if st.within_target else 'missed' if st.within_target is False else 'not finished'})",
+            f"**Duration:** {st.duration or '-'} (target {planning.format_duration(target)}; {_target(rb)})",
             f"**Outcome:** {st.phase or 'Pending'}" + (f" ({ready.reason})" if ready else ""),
             f"**Requested by:** {spec.requested_by or '-'} (declared in the spec)", ""]
     out += ["## Incident Summary", "", ready.message if ready else "The rollback has not started yet.", ""]
@@ -57,9 +67,17 @@ def render(obj: dict) -> str:
     for step, rec in zip(st.plan, st.steps):
         by_kind.setdefault(step.kind, []).append(rec)
 
+    def finished(r) -> bool:
+        # Skipped counts as done only when nothing had to change (already at the wanted state);
+        # a step not run after a failure or a deletion is not done.
+        return r.state == "Succeeded" or (r.state == "Skipped" and r.reason not in NOT_RUN
+                                          and not (r.message or "").startswith("Nothing to undo"))
+
     def done(*kinds: str) -> bool | None:
         recs = [r for k in kinds for r in by_kind.get(k, [])]
-        return None if not recs else all(r.state in ("Succeeded", "Skipped") for r in recs)
+        if recs and all(r.state == "Skipped" and (r.message or "").startswith("Nothing to undo") for r in recs):
+            return None
+        return None if not recs else all(finished(r) for r in recs)
 
     workloads = [f"{s.name} (revision {s.current_revision} -> revision {s.to_revision}'s template"
                  f"{', already there' if s.action == 'NoOp' else ''})"
@@ -89,9 +107,14 @@ def render(obj: dict) -> str:
     out.append(_box((len(sent) == len(st.notifications)) if st.notifications else None,
                     f"Stakeholders notified: {len(sent)} of {len(st.notifications)} notification(s) sent"
                     if st.notifications else "Stakeholders notified"))
-    out.append(_box(all(c.outcome == "Passed" for c in checks) if checks else None,
-                    f"Verification completed: {sum(c.outcome == 'Passed' for c in checks)} of {len(checks)} check(s) passed"
-                    if checks else "Verification completed"))
+    planned_checks = [s.name for s in st.plan if s.kind in CHECK_KINDS]
+    results = {c.name: c for c in checks}
+    total = len(set(planned_checks) | set(results))
+    passed = sum(c.outcome == "Passed" for c in checks)
+    not_run = [n for n in planned_checks if n not in results]
+    out.append(_box(passed == total if total else None,
+                    f"Verification completed: {passed} of {total} check(s) passed"
+                    + (f", {len(not_run)} not run" if not_run else "") if total else "Verification completed"))
     out.append("")
 
     out += ["## Verification", ""]
@@ -114,8 +137,8 @@ def render(obj: dict) -> str:
     out += ["## Resolution Time", ""]
     if st.completed_at and st.started_at:
         out.append(f"From {_t(st.started_at)} to {_t(st.completed_at)}: {st.duration}; the "
-                   f"{spec.severity} target is {planning.format_duration(target)} (deadline {_t(st.deadline)}), "
-                   f"{'met' if st.within_target else 'missed'}.")
+                   f"{spec.severity} target is {planning.format_duration(target)} (deadline {_t(st.deadline)}): "
+                   f"{_target(rb)}.")
     else:
         out.append(f"Not resolved yet; the {spec.severity} deadline is {_t(st.deadline)}.")
     out += ["", "## Lessons Learned", "", "_To be filled in by the team._", "", "## Follow-up Actions", ""]
@@ -127,6 +150,12 @@ def render(obj: dict) -> str:
         follow.append(f"The pre-rollback database {db.pre_rollback_database} is kept; drop it once it is no longer needed.")
     if db and db.pre_rollback_backup:
         follow.append(f"The pre-rollback dump is at {db.pre_rollback_backup}.")
+    failed_steps = {r.name for r in st.steps if r.state in ("Failed", "Interrupted")}
+    for c in checks:
+        if c.outcome != "Passed" and c.name not in failed_steps:
+            follow.append(f"Check {c.name} was {c.outcome.lower()}: {c.detail}")
+    for n in not_run:
+        follow.append(f"Check {n} did not run; verify by hand.")
     for r in st.notifications:
         if r.state == "Failed":
             follow.append(f"Tell the people behind {r.channel} by hand: its {r.event} notification failed.")

@@ -88,7 +88,9 @@ def test_unreachable_database_fails_without_secrets(postgres, database, url):
     cases = [(f"postgresql://postgres:{postgres.password}@127.0.0.1:1/{database}", "127.0.0.1:1"),
              (postgres.dsn(database, password="wrong-canary"), "refused the credentials of user 'postgres'"),
              (postgres.dsn("no_such_db"), "the database does not exist"),
-             ("mysql://u:wrong-canary@h/db", "postgresql:// URL")]
+             ("mysql://u:wrong-canary@h/db", "postgresql:// URL"),
+             # libpq quotes an option it refuses; the value came from the Secret's URL.
+             (postgres.dsn(database) + "?sslmode=wrong-canary", "invalid sslmode value")]
     for bad, fragment in cases:
         m = measure(postgres, bad, "SELECT true")
         assert m.outcome == "Failed" and fragment in m.detail, m.detail

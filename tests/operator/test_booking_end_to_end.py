@@ -157,7 +157,10 @@ def test_the_booking_rollback_end_to_end(cluster, api_client, namespace, postgre
         # (Critical only) nothing; the stakeholders got two e-mails over STARTTLS with AUTH.
         assert [r.payload["text"].split(": ")[1].split(".")[0] for r in slack.delivered] == ["Started", "Succeeded"]
         assert [r.payload["event"] for r in incident.delivered] == ["Started", "Succeeded"]
-        assert all(r.payload["rollback"]["uid"] == uid and r.key for r in incident.delivered)
+        keys = {(n["channel"], n["event"]): n["key"] for n in st["notifications"]}
+        assert [r.key for r in incident.delivered] == [keys[("incident-webhook", "Started")],
+                                                       keys[("incident-webhook", "Succeeded")]]
+        assert all(r.payload["rollback"]["uid"] == uid for r in incident.delivered)
         assert sms.requests == []
         assert [m.message["Subject"] for m in smtp.unique] == [
             f"[High] Rollback {ns}/{NAME}: Started", f"[High] Rollback {ns}/{NAME}: Succeeded"]
@@ -165,9 +168,13 @@ def test_the_booking_rollback_end_to_end(cluster, api_client, namespace, postgre
         assert "OAuth integration failure" in smtp.unique[1].message.get_content()
 
         # The report: in its ConfigMap, exactly what the status says; and what the CLI prints.
-        text = client.CoreV1Api(api_client).read_namespaced_config_map(
-            st["report"]["configMapRef"], ns).data["report.md"]
-        assert text == report.render(rb)
+        def settled_report():
+            fresh = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+                "rewind.dev", "v1alpha1", ns, "rollbacks", NAME)
+            text = client.CoreV1Api(api_client).read_namespaced_config_map(
+                fresh["status"]["report"]["configMapRef"], ns).data["report.md"]
+            return text if text == report.render(fresh) else None
+        text = wait_for("the report of the settled status", settled_report, timeout=30)
         out = subprocess.run([sys.executable, "-m", "rewind.cli", "report", NAME, "-n", ns,
                               "--kubeconfig", str(cluster.kubeconfig)], capture_output=True, text=True, check=True)
         assert out.stdout == text
@@ -182,7 +189,10 @@ def test_the_booking_rollback_end_to_end(cluster, api_client, namespace, postgre
             assert f"| {s['name']} | Succeeded |" in text
 
         # Secrets stayed secret.
-        everything = str(rb) + operator.output() + text
+        sent = [r.body.decode(errors="replace") for rcv in (slack, incident, sms) for r in rcv.requests] + \
+            [m.message.as_string() for m in smtp.messages]
+        events = str([(e.reason, e.message) for e in core.list_namespaced_event(ns).items])
+        everything = str(rb) + operator.output() + text + events + "".join(sent)
         for canary in ("slack-canary-91f0", "hook-canary-3c2b", "sms-canary-0d4e", "smtp-pass-canary-77aa",
                        "g-secret-canary-5d1e", postgres.password):
             assert canary not in everything, canary

@@ -6,6 +6,7 @@ server, and the report ConfigMap against the Rollback's status."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import subprocess
 import sys
 
@@ -61,7 +62,7 @@ def _hooks(hooks_server, alertmanager, namespace):
                         "service": {"name": "web", "selector": {"app": "maintenance-page"}}},
         "monitoring": {"scaleDown": [{"name": "alert-checker"}],
                        "alertmanager": {"url": alertmanager.url,
-                                        "matchers": [{"name": "namespace", "value": namespace}]}},
+                                        "matchers": [{"name": "team", "value": "booking"}]}},
     }
 
 
@@ -97,10 +98,12 @@ def test_hooks_are_undone_after_a_failed_rollback(cluster, api_client, namespace
         assert len(patches) == 2, patches
     # Monitoring: the checker was scaled to 0 and back to 2; the silence existed and is expired.
     assert apps.read_namespaced_deployment("alert-checker", namespace).spec.replicas == 2
-    scale_writes = [e for e in (audit_writes(cluster, namespace, "deployments", "alert-checker") or [])]
-    assert scale_writes == []     # only the scale subresource was written, not the Deployment
+    assert st["hooks"]["scaledReplicas"] == {"Deployment/alert-checker": 2}
+    assert "scaled to 0: Deployment/alert-checker (was 2)" in st["steps"][1]["message"]
     silences = _silences(alertmanager, namespace)
     assert len(silences) == 1 and silences[0]["status"]["state"] == "expired"
+    # Confined to the Rollback's namespace although the spec did not say so.
+    assert {(m["name"], m["value"]) for m in silences[0]["matchers"]} == {("team", "booking"), ("namespace", namespace)}
     assert silences[0]["id"] == st["hooks"]["silenceId"]
     assert rb["metadata"]["uid"] in silences[0]["comment"]
     assert st["hooks"]["serviceSelector"] == {"app": "web"}
@@ -138,7 +141,7 @@ def test_notifications_are_routed_retried_and_never_doubled(cluster, api_client,
         _secret(api_client, namespace, "ops-webhook", {"url": ops.url(f"/events/{TOKEN}")})
         _secret(api_client, namespace, "sms-gateway", {"url": pager.url(f"/sms/{TOKEN}")})
         _secret(api_client, namespace, "ops-slack", {"url": slack.url(f"/services/{TOKEN}")})
-        _secret(api_client, namespace, "broken-webhook", {"url": broken.url("/gone")})
+        _secret(api_client, namespace, "broken-webhook", {"url": broken.url(f"/gone/{TOKEN}")})
         ops.fail_next(1, status=503)      # the Started notification: first attempt refused,
         ops.drop_next(1)                  # second received but its answer lost, third answered
         smtp.fail_next(1, code=451)
@@ -197,11 +200,13 @@ def test_notifications_are_routed_retried_and_never_doubled(cluster, api_client,
 
         # The report: in its ConfigMap, rendered from this very status, and printed by the CLI.
         cm_name = st["report"]["configMapRef"]
-        text = wait_for("the report with the settled notifications", lambda: (lambda t: t if "| broken | Succeeded | Failed |" in t
-                        else None)(client.CoreV1Api(api_client).read_namespaced_config_map(cm_name, namespace).data["report.md"]))
-        fresh = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-            "rewind.dev", "v1alpha1", namespace, "rollbacks", "told")
-        assert text == report.render(fresh)
+
+        def settled_report():
+            fresh = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+                "rewind.dev", "v1alpha1", namespace, "rollbacks", "told")
+            text = client.CoreV1Api(api_client).read_namespaced_config_map(cm_name, namespace).data["report.md"]
+            return text if text == report.render(fresh) and "| broken | Succeeded | Failed |" in text else None
+        text = wait_for("the report of the settled status", settled_report, timeout=30)
         cm = client.CoreV1Api(api_client).read_namespaced_config_map(cm_name, namespace)
         assert cm.metadata.owner_references[0].uid == uid
         out = subprocess.run([sys.executable, "-m", "rewind.cli", "report", "told", "-n", namespace,
@@ -209,6 +214,10 @@ def test_notifications_are_routed_retried_and_never_doubled(cluster, api_client,
         assert out.stdout == text
         assert "- [ ] Stakeholders notified: 5 of 6 notification(s) sent" in text
         assert "Tell the people behind broken by hand" in text
+        # The failure path leaks nothing either: lastError, the Warning Event, the report.
+        events = [(e.reason, e.message) for e in events_for(api_client, namespace, "told")]
+        assert any(r == "NotificationFailed" and "broken" in m for r, m in events)
+        assert TOKEN not in str(events) and TOKEN not in text
 
 
 def test_an_operator_killed_mid_notification_sends_it_again_under_the_same_key(
@@ -232,6 +241,7 @@ def test_an_operator_killed_mid_notification_sends_it_again_under_the_same_key(
         assert sorted(r.payload["event"] for r in ops.delivered) == ["Started", "Succeeded"]
         rec = next(n for n in rb["status"]["notifications"] if n["event"] == "Started")
         assert rec["key"] == started[0].key
+        assert rec["attempts"] == 1        # the attempt cut off by the kill was never recorded
 
 
 def _start_checking(cluster, api_client, namespace, name, hooks_server, alertmanager, health, count):
@@ -244,6 +254,11 @@ def _start_checking(cluster, api_client, namespace, name, hooks_server, alertman
     get = lambda: crd.get_namespaced_custom_object("rewind.dev", "v1alpha1", namespace, "rollbacks", name)  # noqa: E731
     wait_for("the checks running", lambda: any(s["name"] == "verify/http/health" and s["state"] == "Running"
                                                for s in get().get("status", {}).get("steps", [])), timeout=60)
+    # Inside the window: the checker is down and the public Service shows the maintenance page.
+    apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
+    assert apps.read_namespaced_deployment("alert-checker", namespace).spec.replicas == 0
+    assert core.read_namespaced_service("web", namespace).spec.selector == {"app": "maintenance-page"}
+    assert [s["status"]["state"] for s in _silences(alertmanager, namespace)] == ["active"]
     return get
 
 
@@ -299,8 +314,7 @@ def test_a_rollback_deleted_mid_run_still_undoes_its_hooks(cluster, api_client, 
                                                           hooks_server, alertmanager):
     apps, core = _bed(api_client, namespace)
     _secret(api_client, namespace, "maintenance-exit", {"url": hooks_server.url("/maintenance/exit")})
-    get = _start_checking(cluster, api_client, namespace, "dropped", hooks_server, alertmanager, health, 30)
-    assert core.read_namespaced_service("web", namespace).spec.selector == {"app": "maintenance-page"}
+    _start_checking(cluster, api_client, namespace, "dropped", hooks_server, alertmanager, health, 30)
     client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
         "rewind.dev", "v1alpha1", namespace, "rollbacks", "dropped")
 
@@ -310,6 +324,8 @@ def test_a_rollback_deleted_mid_run_still_undoes_its_hooks(cluster, api_client, 
             return False
         except client.ApiException as e:
             return e.status == 404
+    get = lambda: client.CustomObjectsApi(api_client).get_namespaced_custom_object(  # noqa: E731
+        "rewind.dev", "v1alpha1", namespace, "rollbacks", "dropped")
     wait_for("the Rollback gone", gone, timeout=60)
     # Deleted mid-run, yet the maintenance window was exited and monitoring resumed.
     assert core.read_namespaced_service("web", namespace).spec.selector == {"app": "web"}
@@ -318,3 +334,20 @@ def test_a_rollback_deleted_mid_run_still_undoes_its_hooks(cluster, api_client, 
     assert [r.path for r in hooks_server.requests] == ["/maintenance/enter", "/maintenance/exit"]
     reasons = [e.reason for e in events_for(api_client, namespace, "dropped")]
     assert "Deleted" in reasons and reasons.index("Deleted") > reasons.index("Planned")
+
+
+def test_a_failing_exit_hook_is_retried_under_one_key(cluster, api_client, namespace, operator, health,
+                                                      hooks_server, alertmanager):
+    _bed(api_client, namespace)
+    _secret(api_client, namespace, "maintenance-exit", {"url": hooks_server.url("/maintenance/exit")})
+    get = _start_checking(cluster, api_client, namespace, "retried", hooks_server, alertmanager, health, 2)
+    hooks_server.fail_next(2, status=503)          # the exit hook: refused twice, then answered
+    rb = wait_phase(api_client, namespace, "retried", {"Succeeded", "Failed", "Interrupted"}, timeout=90)
+    assert rb["status"]["phase"] == "Succeeded", rb["status"]
+    exits = [r for r in hooks_server.requests if r.path == "/maintenance/exit"]
+    assert [r.answer for r in exits] == [503, 503, 200]
+    key = hashlib.sha256(f"{rb['metadata']['uid']}/maintenance/exit".encode()).hexdigest()[:32]
+    assert {r.key for r in exits} == {key}
+    assert next(s for s in rb["status"]["steps"] if s["name"] == "maintenance/exit")["attempts"] == 3
+    assert condition(rb, "HooksUndone")["status"] == "True"
+    assert get()["status"]["phase"] == "Succeeded"

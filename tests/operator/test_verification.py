@@ -99,7 +99,7 @@ def test_sql_checks_pass_fail_and_are_inconclusive(cluster, api_client, namespac
     assert results["verify/sql/rows"]["detail"].startswith("2 of 2 measurement(s), 0 failed")
     assert results["verify/sql/count"]["outcome"] == "Passed"
     assert results["verify/sql/too-few"]["outcome"] == "Failed"
-    assert "40" in results["verify/sql/too-few"]["detail"]
+    assert "the query returned 40 row(s), fewer than minRows 41" in results["verify/sql/too-few"]["detail"]
     assert results["verify/sql/slow"]["outcome"] == "Inconclusive"
     assert "within 1s" in results["verify/sql/slow"]["detail"]
     assert results["verify/sql/sneaky-write"]["outcome"] == "Inconclusive"

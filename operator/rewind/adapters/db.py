@@ -7,6 +7,7 @@ Credentials come from the connection URL and never appear in an error message we
 
 from __future__ import annotations
 
+import re
 import time
 from contextlib import contextmanager
 from urllib.parse import parse_qs, urlsplit
@@ -91,7 +92,7 @@ def connect(target: Target, dbname: str | None = None, autocommit: bool = True) 
             raise DatabaseError("DatabaseNotFound", f"database {dbname or target.dbname!r} does "
                                 f"not exist on {target.host}:{target.port}") from None
         raise DatabaseError("DatabaseUnreachable", f"cannot connect to PostgreSQL at "
-                            f"{target.host}:{target.port}: {_first_line(text)}") from None
+                            f"{target.host}:{target.port}: {first_line(text)}") from None
     try:
         conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(STATEMENT_TIMEOUT_MS)))
         yield conn
@@ -99,8 +100,11 @@ def connect(target: Target, dbname: str | None = None, autocommit: bool = True) 
         conn.close()
 
 
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else "unknown error"
+def first_line(text: str) -> str:
+    """libpq's first line, with every quoted value dropped: libpq quotes connection options it
+    refuses (`invalid sslmode value: "..."`), and those come from the Secret's URL."""
+    line = text.strip().splitlines()[0] if text.strip() else "unknown error"
+    return re.sub(r'"[^"]*"', '"…"', line)
 
 
 # --- facts -----------------------------------------------------------------------------------
@@ -283,7 +287,7 @@ def clear_columns(conn: psycopg.Connection, table: str, columns: list[str],
         except psycopg.errors.UndefinedTable:
             raise DatabaseError("ActionFailed", f"table {table} does not exist in the restored database") from None
         except psycopg.errors.UndefinedColumn as e:
-            raise DatabaseError("ActionFailed", f"{_first_line(str(e))} (table {table})") from None
+            raise DatabaseError("ActionFailed", f"{first_line(str(e))} (table {table})") from None
         except psycopg.errors.QueryCanceled:
             raise DatabaseError("ActionFailed", f"the update of {table} ran past its statement "
                                                 f"timeout of {timeout_seconds}s") from None

@@ -30,7 +30,7 @@ from decimal import Decimal
 
 import psycopg
 
-from rewind.adapters.db import DatabaseError, Target, parse_url
+from rewind.adapters.db import DatabaseError, Target, first_line, parse_url
 from rewind.adapters.measurement import Measurement
 from rewind.api.v1alpha1 import SqlCheck
 
@@ -84,7 +84,7 @@ def _connect(target: Target, timeout: int) -> psycopg.Connection:
         elif "does not exist" in text and "database" in text:
             why = "the database does not exist"
         else:
-            why = text.strip().splitlines()[0] if text.strip() else "unknown error"
+            why = first_line(text)
         raise DatabaseError("DatabaseUnreachable",
                             f"the database is not reachable ({target.redacted}): {why}") from None
 

@@ -53,7 +53,11 @@ def _server_reason(body: bytes) -> str:
     try:
         doc = json.loads(text)
     except ValueError:
-        return _one_line(text)
+        # A short plain-text reason (Alertmanager's own router) is quoted; anything else (a
+        # proxy's error page) is not: it is not Alertmanager's, and may echo the request.
+        short = text.strip()
+        return short if len(short) <= 120 and "\n" not in short and "<" not in short else \
+            "an answer that is not Alertmanager's (a proxy in between?)"
     if isinstance(doc, dict) and isinstance(doc.get("message"), str):
         return _one_line(doc["message"])
     return _one_line(doc if isinstance(doc, str) else text)
@@ -99,8 +103,8 @@ def _call(method: str, base_url: str, path: str, *, timeout: float, verify: Veri
         raise AlertmanagerError(REFUSED, f"{what} answered {status}, a redirect to {target} that "
                                          f"is not followed; point the URL at Alertmanager itself")
     if status in (401, 403):
-        raise AlertmanagerError(REFUSED, f"{what} answered {status}: the credentials in the URL "
-                                         f"are missing or not accepted")
+        raise AlertmanagerError(REFUSED, f"{what} answered {status}: access refused "
+                                         f"(authentication needed, or not accepted)")
     if status != 200:
         raise AlertmanagerError(REFUSED, f"{what} answered {status}: {_server_reason(body)}")
     if not body:

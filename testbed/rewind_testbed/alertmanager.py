@@ -54,20 +54,29 @@ class Alertmanager:
         return self.run_dir / "alertmanager.log"
 
     @classmethod
-    def start(cls, run_dir: Path, binary: Path | None = None) -> "Alertmanager":
+    def start(cls, run_dir: Path, binary: Path | None = None,
+              basic_auth: tuple[str, str] | None = None) -> "Alertmanager":
+        """With `basic_auth` (user, password), its API (and /-/ready) wants those credentials, as
+        with Alertmanager's own `--web.config.file` `basic_auth_users`."""
         binary = binary or find_binary()
         run_dir.mkdir(parents=True, exist_ok=True)
         config = run_dir / "alertmanager.yml"
         config.write_text(CONFIG)
         am = cls(run_dir=run_dir, port=free_port())
-        am.proc = Proc("alertmanager", [
-            str(binary), f"--config.file={config}", f"--storage.path={run_dir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{am.port}", "--cluster.listen-address=",
-        ], am.log)
+        args = [str(binary), f"--config.file={config}", f"--storage.path={run_dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{am.port}", "--cluster.listen-address="]
+        if basic_auth:
+            import bcrypt
+
+            web = run_dir / "web.yml"
+            hashed = bcrypt.hashpw(basic_auth[1].encode(), bcrypt.gensalt(rounds=4)).decode()
+            web.write_text(f"basic_auth_users:\n  {basic_auth[0]}: '{hashed}'\n")
+            args.append(f"--web.config.file={web}")
+        am.proc = Proc("alertmanager", args, am.log)
         am.proc.start()
         try:
             wait_until("Alertmanager /-/ready", lambda: httpx.get(
-                f"{am.url}/-/ready", timeout=2).status_code == 200, 60, [am.proc])
+                f"{am.url}/-/ready", timeout=2, auth=basic_auth).status_code == 200, 60, [am.proc])
         except BaseException:
             am.stop()
             raise

@@ -115,3 +115,21 @@ def test_an_invalid_silence_is_refused_with_alertmanagers_reason(alertmanager, m
                           comment="c")
     assert err.value.reason == am.REFUSED
     assert reason in err.value.message and "\n" not in err.value.message, err.value.message
+
+
+def test_an_alertmanager_behind_basic_auth_takes_the_credentials(tmp_path):
+    from rewind_testbed.alertmanager import Alertmanager
+
+    password = "am-pass-canary-" + secrets.token_hex(4)
+    with Alertmanager.start(tmp_path / "am-auth", basic_auth=("rewind", password)) as locked:
+        with pytest.raises(am.AlertmanagerError) as refused:
+            am.find_silence(locked.url, "x")
+        assert refused.value.reason == am.REFUSED and "answered 401: access refused" in refused.value.message
+        with pytest.raises(am.AlertmanagerError) as wrong:
+            am.find_silence(locked.url, "x", auth=("rewind", "not-" + password))
+        assert password not in wrong.value.message
+        sid = am.create_silence(locked.url, _matchers("web"), ends_at=_later(), created_by="rewind",
+                                comment="locked", auth=("rewind", password))
+        assert am.silence_state(locked.url, sid, auth=("rewind", password)) == "active"
+        assert am.expire_silence(locked.url, sid, auth=("rewind", password))
+        assert am.silence_state(locked.url, sid, auth=("rewind", password)) == "expired"

@@ -351,3 +351,25 @@ def test_a_failing_exit_hook_is_retried_under_one_key(cluster, api_client, names
     assert next(s for s in rb["status"]["steps"] if s["name"] == "maintenance/exit")["attempts"] == 3
     assert condition(rb, "HooksUndone")["status"] == "True"
     assert get()["status"]["phase"] == "Succeeded"
+
+
+def test_a_silence_through_an_alertmanager_that_wants_credentials(cluster, api_client, namespace, operator,
+                                                                   tmp_path):
+    from rewind_testbed.alertmanager import Alertmanager
+
+    deploy_revisions(client.AppsV1Api(api_client), namespace, "web", ["registry.local/web:1", "registry.local/web:2"])
+    with Alertmanager.start(tmp_path / "am", basic_auth=("rewind", TOKEN)) as locked:
+        monitoring = {"alertmanager": {"url": locked.url, "credentialsSecretRef": "am-credentials",
+                                       "matchers": [{"name": "team", "value": "booking"}]}}
+        # Without the Secret: refused before anything changed.
+        kubectl_apply(cluster, namespace, rollback("no-creds", [{"name": "web"}], monitoring=monitoring))
+        rb = wait_phase(api_client, namespace, "no-creds", {"Succeeded", "Failed", "Interrupted"}, timeout=60)
+        assert condition(rb, "Planned")["reason"] == "SecretNotFound", condition(rb, "Planned")
+        _secret(api_client, namespace, "am-credentials", {"username": "rewind", "password": TOKEN})
+        kubectl_apply(cluster, namespace, rollback("creds", [{"name": "web"}], monitoring=monitoring))
+        rb = wait_phase(api_client, namespace, "creds", {"Succeeded", "Failed", "Interrupted"}, timeout=60)
+        assert rb["status"]["phase"] == "Succeeded", rb["status"]
+        import httpx
+        silences = httpx.get(f"{locked.url}/api/v2/silences", auth=("rewind", TOKEN)).json()
+        assert [(s["id"], s["status"]["state"]) for s in silences] == [(rb["status"]["hooks"]["silenceId"], "expired")]
+        assert TOKEN not in str(rb) and TOKEN not in operator.output()

@@ -13,6 +13,7 @@ import json
 import ssl
 import time
 from datetime import datetime, timezone
+from typing import Union
 from urllib.parse import quote
 
 import httpx
@@ -20,6 +21,7 @@ import httpx
 from rewind.adapters.http import BodyTooLarge, BodyTooSlow, read_capped
 from rewind.api.errors import ReasonedError
 
+Auth = Union[tuple[str, str], str, None]   # (username, password) for basic auth, or a bearer token
 MAX_BODY = 8 * 1024 * 1024       # the silence list holds expired silences too, for days
 UNREACHABLE = "AlertmanagerUnreachable"
 REFUSED = "AlertmanagerRefused"
@@ -64,13 +66,16 @@ def _server_reason(body: bytes) -> str:
 
 
 def _call(method: str, base_url: str, path: str, *, timeout: float, verify: Verify,
-          absent: tuple[int, ...] = (), json_body: dict | None = None):
+          absent: tuple[int, ...] = (), json_body: dict | None = None, auth: Auth = None):
     """The decoded JSON answer of one request; None for a status in `absent` with an empty body."""
     where = _where(base_url)
     what = f"Alertmanager at {where} ({method} {path})"
     t0 = time.monotonic()
     try:
-        with httpx.Client(verify=verify, follow_redirects=False, timeout=timeout) as client:
+        basic = auth if isinstance(auth, tuple) else None
+        headers = {"Authorization": f"Bearer {auth}"} if isinstance(auth, str) else {}
+        with httpx.Client(verify=verify, follow_redirects=False, timeout=timeout, auth=basic,
+                          headers=headers) as client:
             with client.stream(method, base_url.rstrip("/") + path, json=json_body) as response:
                 try:
                     body = read_capped(response, MAX_BODY, t0 + timeout)
@@ -127,7 +132,7 @@ def _silence_path(silence_id: str) -> str:
 
 
 def create_silence(base_url: str, matchers: list[dict], *, ends_at: datetime, created_by: str,
-                   comment: str, timeout: float = 10, verify: Verify = True) -> str:
+                   comment: str, timeout: float = 10, verify: Verify = True, auth: Auth = None) -> str:
     """Silences, from now until `ends_at`, the alerts whose labels match every matcher
     ({"name", "value", "isRegex", "isEqual"}); returns the silence's id."""
     body = {
@@ -139,7 +144,7 @@ def create_silence(base_url: str, matchers: list[dict], *, ends_at: datetime, cr
         "comment": comment,
     }
     answer = _call("POST", base_url, "/api/v2/silences", json_body=body, timeout=timeout,
-                   verify=verify)
+                   verify=verify, auth=auth)
     silence_id = answer.get("silenceID") if isinstance(answer, dict) else None
     if not isinstance(silence_id, str) or not silence_id:
         raise AlertmanagerError(REFUSED, f"Alertmanager at {_where(base_url)} accepted the silence "
@@ -148,10 +153,10 @@ def create_silence(base_url: str, matchers: list[dict], *, ends_at: datetime, cr
 
 
 def find_silence(base_url: str, marker: str, *, timeout: float = 10,
-                 verify: Verify = True) -> str | None:
+                 verify: Verify = True, auth: Auth = None) -> str | None:
     """The id of an active or pending silence whose comment contains `marker` (the one that ends
     last, should there be several), or None."""
-    answer = _call("GET", base_url, "/api/v2/silences", timeout=timeout, verify=verify)
+    answer = _call("GET", base_url, "/api/v2/silences", timeout=timeout, verify=verify, auth=auth)
     if not isinstance(answer, list):
         raise AlertmanagerError(REFUSED, f"Alertmanager at {_where(base_url)} answered the "
                                          f"silence list with something that is not a list")
@@ -164,20 +169,20 @@ def find_silence(base_url: str, marker: str, *, timeout: float = 10,
 
 
 def expire_silence(base_url: str, silence_id: str, *, timeout: float = 10,
-                   verify: Verify = True) -> bool:
+                   verify: Verify = True, auth: Auth = None) -> bool:
     """Expires the silence now. Idempotent: True also when it had expired already or is gone
     (Alertmanager forgets expired silences after its retention); failures raise."""
     _call("DELETE", base_url, _silence_path(silence_id), absent=(404,), timeout=timeout,
-          verify=verify)
+          verify=verify, auth=auth)
     return True
 
 
 def silence_state(base_url: str, silence_id: str, *, timeout: float = 10,
-                  verify: Verify = True) -> str | None:
+                  verify: Verify = True, auth: Auth = None) -> str | None:
     """The silence's state, "active", "pending" or "expired"; None when Alertmanager has no such
     silence."""
     answer = _call("GET", base_url, _silence_path(silence_id), absent=(404,), timeout=timeout,
-                   verify=verify)
+                   verify=verify, auth=auth)
     if answer is None:
         return None
     state = answer.get("status", {}).get("state") if isinstance(answer, dict) else None

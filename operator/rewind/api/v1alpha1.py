@@ -462,6 +462,9 @@ class AlertmanagerSilence(_Model):
     matchers: list[SilenceMatcher] = Field(min_length=1, max_length=16)
     max_duration_minutes: int = Field(120, ge=5, le=1440, description="The silence ends by itself "
                                       "after this long, should Rewind not get to expire it.")
+    credentials_secret_ref: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN,
+        description="Secret with `username` and `password` (basic auth) or `token` (bearer) for Alertmanager.")
     insecure_skip_tls_verify: bool = False
 
 

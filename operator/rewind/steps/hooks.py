@@ -25,7 +25,7 @@ from rewind.api.v1alpha1 import (
     HookStatus, HttpCall, PlanStep, RollbackSpec, StepAction, StepKind, StepRecord, StepState, TargetRef,
 )
 from rewind.context import Context, StepFailed
-from rewind.steps.secrets import read_key
+from rewind.steps.secrets import read_key, read_secret
 
 SERVICES = Resource("", "v1", "services")
 WORKLOADS = {"Deployment": Resource("apps", "v1", "deployments"),
@@ -82,6 +82,7 @@ def resolve(kube: Kube, namespace: str, spec: RollbackSpec) -> None:
     am = spec.monitoring.alertmanager if spec.monitoring else None
     if am:
         http.check_url(am.url, "the Alertmanager URL")
+        am_auth(kube, namespace, am)
         others = [x.value for x in am.matchers if x.name == "namespace" and (x.value != namespace or x.is_regex
                                                                                or not x.is_equal)]
         if others:
@@ -287,18 +288,30 @@ def _suspend(ctx: Context):
     return actions
 
 
+def am_auth(kube: Kube, namespace: str, am) -> alertmanager.Auth:
+    """Alertmanager's credentials from their Secret: a bearer `token`, or `username` + `password`."""
+    if not am.credentials_secret_ref:
+        return None
+    name, what = am.credentials_secret_ref, "the Alertmanager credentials Secret"
+    keys = (read_secret(kube, namespace, name, what).get("data") or {})
+    if "token" in keys:
+        return read_key(kube, namespace, name, "token", what)
+    return (read_key(kube, namespace, name, "username", what), read_key(kube, namespace, name, "password", what))
+
+
 def _silence(ctx: Context) -> str:
     am, hooks = ctx.rollback.spec.monitoring.alertmanager, ctx.status.hooks
     verify = not am.insecure_skip_tls_verify
+    auth = am_auth(ctx.kube, ctx.namespace, am)
     try:
-        sid = hooks.silence_id or alertmanager.find_silence(am.url, _marker(ctx), verify=verify)
+        sid = hooks.silence_id or alertmanager.find_silence(am.url, _marker(ctx), verify=verify, auth=auth)
         adopted = sid is not None
         if sid is None:
             ends = ctx.clock() + datetime.timedelta(minutes=am.max_duration_minutes)
             sid = alertmanager.create_silence(
                 am.url, matchers(am.matchers, ctx.namespace), ends_at=ends, created_by="rewind",
                 comment=f"Rollback {ctx.namespace}/{ctx.name} ({ctx.rollback.spec.severity}): "
-                        f"{ctx.rollback.spec.reason[:200]} [{_marker(ctx)}]", verify=verify)
+                        f"{ctx.rollback.spec.reason[:200]} [{_marker(ctx)}]", verify=verify, auth=auth)
             hooks.silence_ends_at = ends
     except alertmanager.AlertmanagerError as e:
         raise HookFailed(e.reason, f"Alertmanager: {e.message}") from None
@@ -323,10 +336,11 @@ def _resume(ctx: Context):
         def expire() -> str:
             am = m.alertmanager
             verify = not am.insecure_skip_tls_verify
+            auth = am_auth(ctx.kube, ctx.namespace, am)
             try:
-                sid = hooks.silence_id or alertmanager.find_silence(am.url, _marker(ctx), verify=verify)
+                sid = hooks.silence_id or alertmanager.find_silence(am.url, _marker(ctx), verify=verify, auth=auth)
                 if sid:
-                    alertmanager.expire_silence(am.url, sid, verify=verify)
+                    alertmanager.expire_silence(am.url, sid, verify=verify, auth=auth)
             except alertmanager.AlertmanagerError as e:
                 raise HookFailed(e.reason, f"Alertmanager: {e.message}") from None
             return f"Alertmanager silence {sid} expired" if sid else "no Alertmanager silence to expire"

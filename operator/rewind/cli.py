@@ -49,7 +49,7 @@ def _run(args) -> int:
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,
-        namespaces=args.namespace or None,
+        namespaces=args.namespace or (),
         liveness_endpoint=args.liveness,
     )
     return 0

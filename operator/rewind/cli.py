@@ -20,16 +20,6 @@ from rewind import __version__
 REPO_CRD = Path(__file__).resolve().parents[2] / "crds" / "rollbacks.rewind.dev.yaml"
 
 
-class _QuietWaiting(logging.Filter):
-    """kopf logs every `TemporaryError` at ERROR; waiting for a rollout is not an error."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.ERROR and "failed temporarily: waiting" in record.getMessage():
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return logging.getLogger().isEnabledFor(logging.DEBUG)
-        return True
-
-
 def _run(args) -> int:
     import kopf
 
@@ -38,8 +28,6 @@ def _run(args) -> int:
         os.environ["REWIND_KUBECONFIG"] = args.kubeconfig
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    for h in logging.getLogger().handlers:
-        h.addFilter(_QuietWaiting())
     # httpx logs every request's URL at INFO (and httpcore more at DEBUG); webhook and hook URLs
     # are secrets, so neither may log below WARNING, even with --verbose.
     for name in ("httpx", "httpcore"):

@@ -4,7 +4,7 @@
 without waiting. The ledger in status is the truth: intent is saved before each side effect and
 the outcome after it, each save guarded by resourceVersion, so a crash at any point leaves a
 ledger from which a restarted operator continues without repeating a write. When it must wait,
-`advance` returns the delay after which to call it again; kopf turns that into a retry.
+`advance` returns a `Wait`: the time to look again, and the object whose change wakes it earlier.
 """
 
 from __future__ import annotations
@@ -14,39 +14,52 @@ import logging
 from rewind import plan as planning
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
-    TERMINAL_PHASES, NotificationEvent, Phase, PlanStep, StepAction, StepKind, StepRecord, StepState,
+    TERMINAL_PHASES, NotificationEvent, Phase, PlanStep, ReportRef, StepAction, StepKind, StepRecord, StepState,
 )
-from rewind.context import Context, StepFailed
-from rewind.steps import (
-    certificates, consumers, database, hooks, notifications, report, secrets, verification, workload,
-)
+from rewind import registry
+from rewind.context import Context, StepFailed, Wait, earliest, utcnow
+from rewind.steps import hooks, notifications, report
 
 log = logging.getLogger(__name__)
 
-def advance(ctx: Context) -> float | None:
-    """Moves the rollback on; returns seconds until it should be called again, or None when it
-    reached a terminal phase (or already was in one) and nothing is left to send."""
+def advance(ctx: Context) -> Wait | None:
+    """Moves the rollback on as far as it goes without waiting; returns what it waits for next
+    (a time, and the object whose change wakes it earlier), or None when it reached a terminal
+    phase (or already was in one) and nothing is left to send or write."""
     if ctx.status.phase in TERMINAL_PHASES:
-        delay = None
+        wait = None
     elif ctx.status.started_at is None or not ctx.status.plan:
         # Not planned yet, or planning was interrupted (a crash, an API error) before the plan
         # was saved: preflight only reads, so it simply runs again.
-        delay = _plan(ctx)
+        wait = _plan(ctx)
     else:
-        delay = _execute(ctx)
+        wait = _execute(ctx)
     # After the steps (and also once the rollback is over): the outbox, then the report.
     retry = notifications.deliver(ctx)
     rewrite = None
     if ctx.status.phase in TERMINAL_PHASES and ctx.status.phase != Phase.PLANNED.value:
         rewrite = report.sync(ctx)
-    waits = [d for d in (delay, retry, rewrite) if d is not None]
-    return min(waits) if waits else None
+    return earliest(wait, retry, rewrite)
+
+
+def pending(obj: dict) -> bool:
+    """Whether a Rollback, as the API server has it, still has work for the operator: not
+    finished, or finished with notifications or its report still to go out. Reads nothing."""
+    status = obj.get("status") or {}
+    if status.get("phase") not in TERMINAL_PHASES:
+        return True
+    if any(n.get("state") in (None, "Pending") for n in status.get("notifications") or []):
+        return True
+    if status.get("phase") == Phase.PLANNED.value or not status.get("report"):
+        return status.get("phase") != Phase.PLANNED.value
+    ref = ReportRef.model_validate(dict(status["report"]))
+    return ref.config_map_ref is None and not report.gave_up(ref, utcnow())
 
 
 # --- planning --------------------------------------------------------------------------------
 
 
-def _plan(ctx: Context) -> float | None:
+def _plan(ctx: Context) -> Wait | None:
     spec = ctx.rollback.spec
     started = ctx.status.started_at or ctx.clock()
     ctx.status.started_at = started
@@ -57,41 +70,15 @@ def _plan(ctx: Context) -> float | None:
     ctx.save()   # from here on the spec is immutable (CEL rule on status.startedAt)
     ctx.emit("Normal", "Planning", f"{spec.severity} rollback requested: {spec.reason}")
 
-    resolved: dict[str, PlanStep] = {}
-    problems: list[StepFailed] = []
-    database_steps: list[PlanStep] = []
-    if spec.database:
+    found, warnings, problems = [], [], []
+    for preflight in registry.PREFLIGHTS:
         try:
-            database_steps = database.resolve(ctx.kube, ctx.obj, spec.database)
+            result = preflight(ctx.kube, ctx.request)
         except StepFailed as e:
             problems.append(e)
-    secret_steps: list[PlanStep] = []
-    tls_steps: list[PlanStep] = []
-    warnings: list[str] = []
-    if spec.secrets or spec.certificates:
-        try:
-            step, warnings = secrets.resolve(ctx.kube, ctx.namespace, spec.secrets or [],
-                                             spec.certificates or [])
-            secret_steps = [step]
-            tls_steps = certificates.verify_steps(spec.certificates or [], step.secrets)
-            if spec.restart_consumers:
-                excluded = {(t.kind, t.name) for t in spec.application or []}
-                restart = consumers.resolve(ctx.kube, ctx.namespace, [c.name for c in step.secrets], excluded)
-                secret_steps += [restart] if restart else []
-        except StepFailed as e:
-            problems.append(e)
-    for target in spec.application or []:
-        try:
-            r = workload.resolve(ctx.kube, ctx.namespace, target)
-            resolved[r.step.name] = r.step
-        except StepFailed as e:
-            problems.append(e)
-    for check in (hooks.resolve, verification.resolve):
-        try:
-            check(ctx.kube, ctx.namespace, spec)
-        except StepFailed as e:
-            problems.append(e)
-    warnings += notifications.preflight(ctx)
+            continue
+        found += result.steps
+        warnings += result.warnings
     if problems:
         message = "Preflight refused the rollback; nothing was changed: " + \
             "; ".join(p.message for p in problems) + "."
@@ -99,9 +86,7 @@ def _plan(ctx: Context) -> float | None:
         ctx.condition(C.PLANNED, "False", reason, message)
         return _terminal(ctx, Phase.FAILED, reason, message)
 
-    head, tail = hooks.plan(spec)
-    steps = head + planning.order(spec, [*database_steps, *secret_steps], resolved) + tls_steps \
-        + verification.plan(spec) + tail
+    steps = planning.order(found)
     ctx.status.plan = steps
     ctx.status.steps = planning.initial_ledger(steps)
     ctx.status.progress = planning.progress(ctx.status.steps)
@@ -135,20 +120,7 @@ def _describe(step: PlanStep) -> str:
 # --- execution -------------------------------------------------------------------------------
 
 
-STEP_KINDS = {
-    "WorkloadRevision": workload,
-    **{kind: database for kind in database.ADVANCE},
-    "SecretsRestore": secrets,
-    "TlsVerify": certificates,
-    "ConsumersRestart": consumers,
-    "HttpCheck": verification,
-    "SqlCheck": verification,
-    "TlsCheck": verification,
-    **{kind: hooks for kind in ("MaintenanceEnter", "MaintenanceExit", "MonitoringSuspend", "MonitoringResume")},
-}
-
-
-def _execute(ctx: Context) -> float | None:
+def _execute(ctx: Context) -> Wait | None:
     _check_deadline(ctx)
     while True:
         i = planning.current_index(ctx.status.steps)
@@ -165,15 +137,15 @@ def _execute(ctx: Context) -> float | None:
             ctx.save()
             continue
         try:
-            delay = STEP_KINDS[step.kind].advance(ctx, step, rec)
+            wait = registry.ADVANCE[StepKind(step.kind)](ctx, step, rec)
         except StepFailed as e:
             _record_failure(ctx, step, rec, e.reason, e.message)
             continue
-        if delay is not None:
-            return delay
+        if wait is not None:
+            return wait
 
 
-def abandon(ctx: Context) -> float | None:
+def abandon(ctx: Context) -> Wait | None:
     """The Rollback is being deleted before it finished: nothing more of the plan is done, except
     its cleanup steps (exit maintenance, resume monitoring), so deleting a Rollback never leaves the
     site in maintenance. Returns a delay while the cleanup waits, None once it is over."""
@@ -190,9 +162,9 @@ def abandon(ctx: Context) -> float | None:
             rec.state, rec.message = StepState.SKIPPED.value, "Not run: the Rollback was deleted."
         rec.reason, rec.finished_at = C.DELETED, now
     ctx.save()
-    delay = _execute(ctx)
+    wait = _execute(ctx)
     notifications.deliver(ctx)
-    return delay
+    return wait
 
 
 def _first_failure(ctx: Context) -> StepRecord | None:
@@ -212,24 +184,16 @@ def _check_deadline(ctx: Context) -> None:
         ctx.emit("Warning", C.DEADLINE_MISSED, msg)
 
 
-DOMAINS = {
-    StepKind.WORKLOAD_REVISION.value: C.APPLICATION_RESTORED,
-    **{k: C.DATABASE_RESTORED for k in database.ADVANCE},
-    StepKind.SECRETS_RESTORE.value: C.SECRETS_RESTORED,
-    StepKind.CONSUMERS_RESTART.value: C.SECRETS_RESTORED,
-    StepKind.MAINTENANCE_EXIT.value: C.HOOKS_UNDONE,
-    StepKind.MONITORING_RESUME.value: C.HOOKS_UNDONE,
-}
-
-
 def _record_failure(ctx: Context, step: PlanStep, rec: StepRecord, reason: str, message: str) -> None:
     """A step failed, or its outcome cannot be known (Interrupted: a person must look)."""
     interrupted = reason == C.INTERRUPTED
     rec.state = (StepState.INTERRUPTED if interrupted else StepState.FAILED).value
     rec.finished_at = ctx.clock()
     rec.message, rec.reason = message, reason
-    if step.kind in DOMAINS:
-        ctx.condition(DOMAINS[step.kind], "False", reason, message)
+    rec.deadline = rec.next_attempt_at = None
+    domain = registry.DOMAINS.get(StepKind(step.kind))
+    if domain:
+        ctx.condition(domain, "False", reason, message)
     if not step.cleanup:
         notifications.queue(ctx, NotificationEvent.STEP_FAILED, f"Step {rec.name} "
                             f"{'was interrupted' if interrupted else 'failed'}: {message}")
@@ -241,12 +205,12 @@ def _finish(ctx: Context) -> None:
     """Every step has run (or was not run after a failure): the outcome."""
     cleanup = [(s, r) for s, r in zip(ctx.status.plan, ctx.status.steps) if s.cleanup]
     undone = [r for _, r in cleanup if r.state == StepState.FAILED.value]
-    hooks_note = ""
+    hooks_note, undone_text = "", ""
     if any(r.state == StepState.SUCCEEDED.value for _, r in cleanup) or undone:
         if undone:
-            text = "; ".join(f"{r.name} failed: {r.message}" for r in undone)
-            ctx.condition(C.HOOKS_UNDONE, "False", C.HOOK_FAILED, f"Put it back by hand: {text}.")
-            hooks_note = f" Not undone, put it back by hand: {text}."
+            undone_text = "; ".join(f"{r.name} failed: {r.message}" for r in undone)
+            ctx.condition(C.HOOKS_UNDONE, "False", C.HOOK_FAILED, f"Put it back by hand: {undone_text}.")
+            hooks_note = f" Not undone, put it back by hand: {undone_text}."
         else:
             ctx.condition(C.HOOKS_UNDONE, "True", C.HOOKS_RESTORED, "; ".join(
                 r.message for _, r in cleanup if r.state == StepState.SUCCEEDED.value and r.message))
@@ -265,7 +229,7 @@ def _finish(ctx: Context) -> None:
     if undone:
         return _terminal(ctx, Phase.FAILED, C.HOOK_FAILED,
                          "The rollback's steps succeeded, but not everything around them was put "
-                         "back:" + hooks_note.split(":", 1)[1])
+                         f"back: {undone_text}.")
     return _succeed(ctx)
 
 

@@ -1,8 +1,12 @@
 """The kopf layer: thin handlers that read the Rollback fresh, call the engine, write status.
 
-Handlers are plain `def`s (kopf runs them in its thread pool) because the official Kubernetes
-client is synchronous. They never sleep: waiting is a `kopf.TemporaryError` with a delay.
-Handler ids are explicit and must never change (kopf keeps progress under them).
+Each unfinished Rollback has one daemon (a thread: the official Kubernetes client is
+synchronous). It reads the Rollback, lets the engine move it on as far as it goes, and then
+waits for what the engine says: a watch on the object the step waits for (a Deployment, a Job),
+bounded by the step's own timer. Waiting writes nothing (no kopf retry, no progress annotation)
+and wakes the moment the watched object changes. A finished Rollback costs no request at all: its
+daemon sees that in the body kopf already has and ends.
+Handler ids are explicit and must never change.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import traceback
 import kopf
 
 from rewind import engine
+from rewind.context import Wait, utcnow
 from rewind.steps import secrets
-from rewind.adapters.kube import MERGE_PATCH, ROLLBACKS, Kube, KubeError, Resource, load_api_client
+from rewind.adapters.kube import MERGE_PATCH, ROLLBACKS, Kube, KubeError, Resource, load_api_client, merge_diff
 from rewind.api.errors import ReasonedError
 from rewind.api.v1alpha1 import GROUP, PLURAL, VERSION
 
@@ -25,6 +30,9 @@ log = logging.getLogger(__name__)
 
 EVENTS = Resource("", "v1", "events")
 MAX_CONSECUTIVE_ERRORS = 12   # with backoff 2, 4, ... 30 s: about five minutes
+GIVE_UP_ATTEMPTS = 5          # recording the failure itself, 60 s apart; then the log says it
+WATCH_SLICE = 5.0             # a wait's watch is renewed this often, so a stop is seen soon
+MIN_WAIT = 0.05
 _state: dict[str, Kube] = {}
 
 
@@ -43,6 +51,8 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     # Events are Rewind's own, one per step outcome; kopf's log-to-Event mirroring would double them.
     settings.posting.enabled = False
     settings.networking.error_backoffs = [0.5, 1, 2, 5]
+    # One daemon thread per unfinished Rollback (most of them waiting on a watch).
+    settings.execution.max_workers = int(os.environ.get("REWIND_MAX_WORKERS", 200))
     settings.watching.inactivity_timeout = float(os.environ.get("REWIND_WATCH_INACTIVITY_TIMEOUT", 300))
     kube()
 
@@ -79,26 +89,35 @@ def _emitter(k: Kube, obj: dict):
     return emit
 
 
+class Conflict(Exception):
+    """The Rollback changed since it was read (another writer, or our own earlier write seen
+    late): the engine's call is dropped and the Rollback read again."""
+
+
 def _saver(k: Kube, namespace: str, name: str, obj: dict):
     current = {"obj": obj}
 
     def save(status: dict) -> dict:
+        """Writes what changed in status since the last read or write (a merge patch in which a
+        removed field is null, so fields can be cleared), guarded by resourceVersion; writes
+        nothing when nothing changed."""
+        diff = merge_diff(current["obj"].get("status") or {}, status)
+        if not diff:
+            return current["obj"]
         rv = current["obj"]["metadata"]["resourceVersion"]
-        body = {"metadata": {"resourceVersion": rv}, "status": status}
+        body = {"metadata": {"resourceVersion": rv}, "status": diff}
         try:
             current["obj"] = k.patch(ROLLBACKS, namespace, name, body, MERGE_PATCH, sub="status")
         except KubeError as e:
             if e.conflict:
-                raise kopf.TemporaryError("the Rollback changed while it was being written; "
-                                          "re-reading it", delay=0.5) from None
+                raise Conflict() from None
             raise
         return current["obj"]
 
     return save
 
 
-# Consecutive unexpected errors per Rollback UID, reset whenever the engine gets through a call.
-# (kopf's own `retry` counts every TemporaryError, waiting included, so it cannot be used here.)
+# Consecutive errors of the deletion handler per Rollback UID, reset when it gets through a call.
 _errors: dict[str, int] = {}
 
 
@@ -120,53 +139,103 @@ def _read(k: Kube, namespace: str, name: str) -> dict | None:
     except KubeError as e:
         if e.not_found:
             return None
-        raise kopf.TemporaryError(f"cannot read the Rollback: {_describe(e)}", delay=2) from None
-
-
-@kopf.on.resume(GROUP, VERSION, PLURAL, id="rollback-resume")
-@kopf.on.create(GROUP, VERSION, PLURAL, id="rollback")
-def drive(namespace: str, name: str, **_) -> None:
-    k = kube()
-    obj = _read(k, namespace, name)
-    if obj is None:
-        return
-    uid = obj["metadata"]["uid"]
-    ctx = engine.Context(k, obj, _saver(k, namespace, name, obj), _emitter(k, obj))
-    try:
-        delay = engine.advance(ctx)
-    except kopf.TemporaryError:
         raise
-    except Exception as e:  # noqa: BLE001 - any other failure is retried, then recorded
-        count = _errors[uid] = _errors.get(uid, 0) + 1
-        what = _describe(e)
-        log.warning("rollback %s/%s: error %d of %d: %s", namespace, name, count,
-                    MAX_CONSECUTIVE_ERRORS, what)
-        # Where it happened, without the exception's text (it may quote a URL from a Secret).
-        log.debug("where: %s", "".join(traceback.format_tb(e.__traceback__)))
-        if count < MAX_CONSECUTIVE_ERRORS:
-            raise kopf.TemporaryError(f"{what}; retrying", delay=min(2 ** count, 30)) from None
-        _errors.pop(uid, None)
-        if _give_up(k, namespace, name, f"Stopped after {count} consecutive errors, the last: {what}."):
-            raise kopf.TemporaryError("undoing the maintenance and monitoring hooks", delay=1) from None
+
+
+def _context(k: Kube, obj: dict) -> engine.Context:
+    meta = obj["metadata"]
+    return engine.Context(k, obj, _saver(k, meta["namespace"], meta["name"], obj), _emitter(k, obj))
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, id="rollback", cancellation_timeout=WATCH_SLICE * 3)
+def run(stopped, body, namespace: str, name: str, **_) -> None:
+    """Drives one Rollback until it is over: engine, wait, engine... A finished Rollback (after a
+    restart of the operator, say) ends here without a single request."""
+    if not engine.pending(body):
         return
-    _errors.pop(uid, None)
-    if delay is not None:
-        raise kopf.TemporaryError("waiting for the rollout", delay=delay)
+    k = kube()
+    errors = give_up_failures = 0
+    while not stopped:
+        obj = None
+        try:
+            obj = _read(k, namespace, name)
+            if obj is None or obj["metadata"].get("deletionTimestamp"):
+                return            # gone, or going: the deletion handler takes over
+            wait = engine.advance(_context(k, obj))
+            errors = 0
+        except Conflict:
+            wait = Wait(at=utcnow(), reason="the Rollback changed while it was being written; re-reading it")
+        except Exception as e:  # noqa: BLE001 - any other failure is retried with backoff, then recorded
+            errors += 1
+            what = _describe(e)
+            log.warning("rollback %s/%s: error %d of %d: %s", namespace, name, errors,
+                        MAX_CONSECUTIVE_ERRORS, what)
+            # Where it happened, without the exception's text (it may quote a URL from a Secret).
+            log.debug("where: %s", "".join(traceback.format_tb(e.__traceback__)))
+            delay = min(2 ** errors, 30)
+            if errors >= MAX_CONSECUTIVE_ERRORS:
+                errors = 0
+                try:
+                    more = _give_up(k, namespace, name, f"Stopped after {MAX_CONSECUTIVE_ERRORS} "
+                                                        f"consecutive errors, the last: {what}.")
+                    give_up_failures = 0
+                    if not more:
+                        return
+                    delay = 1
+                except Exception as e2:  # noqa: BLE001 - the status itself cannot be written
+                    give_up_failures += 1
+                    log.error("rollback %s/%s: cannot record that it stopped (%s), attempt %d of %d",
+                              namespace, name, _describe(e2), give_up_failures, GIVE_UP_ATTEMPTS)
+                    if give_up_failures >= GIVE_UP_ATTEMPTS:
+                        log.error("rollback %s/%s: left as it is; its status does not say that it "
+                                  "stopped. Restarting the operator tries again.", namespace, name)
+                        return
+                    delay = 60
+            wait = Wait(at=utcnow() + datetime.timedelta(seconds=delay), reason=f"retrying after: {what}")
+        if wait is None:
+            return
+        _wait(k, namespace, wait, stopped)
+
+
+def _wait(k: Kube, namespace: str, wait: Wait, stopped) -> None:
+    """Until `wait.at`, or until its watched object changes, or until the daemon is stopped. Only
+    reads: a watch request every WATCH_SLICE seconds at most."""
+    first = True
+    while not stopped:
+        remaining = (wait.at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        if remaining <= 0:
+            if first:
+                stopped.wait(MIN_WAIT)
+            return
+        first = False
+        if wait.watch is not None:
+            w = wait.watch
+            try:
+                if k.watch_one(w.resource, namespace, w.name, w.resource_version, min(remaining, WATCH_SLICE)):
+                    return
+                continue
+            except Exception as e:  # noqa: BLE001 - a failed watch falls back to the timer
+                log.debug("watch of %s %s failed (%s); waiting on the timer", w.resource.plural, w.name,
+                          _describe(e))
+                wait = Wait(at=wait.at, reason=wait.reason)
+        stopped.wait(min(remaining, WATCH_SLICE))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="rollback-delete")
-def on_delete(namespace: str, name: str, **_) -> None:
+def on_delete(body, namespace: str, name: str, **_) -> None:
     """A Rollback deleted while it runs still exits maintenance and resumes monitoring (kopf's
     finalizer holds the deletion until then). A finished one is let go at once."""
-    k = kube()
-    obj = _read(k, namespace, name)
-    if obj is None:
+    if not engine.pending(body):
         return
-    uid = obj["metadata"]["uid"]
+    k = kube()
+    uid = body["metadata"]["uid"]
     try:
-        delay = engine.abandon(engine.Context(k, obj, _saver(k, namespace, name, obj), _emitter(k, obj)))
-    except kopf.TemporaryError:
-        raise
+        obj = _read(k, namespace, name)
+        if obj is None:
+            return
+        wait = engine.abandon(_context(k, obj))
+    except Conflict:
+        raise kopf.TemporaryError("the Rollback changed while it was being written", delay=0.5) from None
     except Exception as e:  # noqa: BLE001 - retried, then the deletion goes ahead
         count = _errors[uid] = _errors.get(uid, 0) + 1
         log.warning("rollback %s/%s (being deleted): error %d of %d: %s", namespace, name, count,
@@ -178,8 +247,11 @@ def on_delete(namespace: str, name: str, **_) -> None:
         _errors.pop(uid, None)
         return
     _errors.pop(uid, None)
-    if delay is not None:
-        raise kopf.TemporaryError("undoing the hooks before the Rollback goes", delay=delay)
+    if wait is not None:
+        # Rare (a Rollback deleted mid-run whose hook retries are due later): kopf's retry holds the
+        # deletion until then.
+        raise kopf.TemporaryError("undoing the hooks before the Rollback goes",
+                                  delay=max(MIN_WAIT, wait.seconds(utcnow())))
 
 
 @kopf.on.event("v1", "secrets", labels={secrets.TRACK_LABEL: "true"})
@@ -200,12 +272,7 @@ def track_secret(body, type: str | None, **_) -> None:
 
 
 def _give_up(k: Kube, namespace: str, name: str, message: str) -> bool:
-    """Records that the rollback stopped; True when its cleanup steps are still to run."""
-    try:
-        fresh = k.get(ROLLBACKS, namespace, name)
-        return engine.give_up(engine.Context(k, fresh, _saver(k, namespace, name, fresh), _emitter(k, fresh)),
-                              message)
-    except Exception as e:  # noqa: BLE001 - the status itself cannot be written: say so, retry slowly
-        log.error("rollback %s/%s: cannot record that it stopped (%s); %s", namespace, name,
-                  _describe(e), message)
-        raise kopf.TemporaryError("cannot record the rollback's failure", delay=60) from None
+    """Records that the rollback stopped; True when something (its cleanup steps, the Failed
+    notification, the report) is still to run. Raises when the status cannot be written."""
+    fresh = _read(k, namespace, name)
+    return fresh is not None and engine.give_up(_context(k, fresh), message)

@@ -1,10 +1,17 @@
-"""Planning: a pure function of the spec and what preflight found. No cluster access here."""
+"""Planning: a pure function of the spec and what preflight found. No cluster access here.
+
+Each step kind's preflight (steps/*) resolves its own targets; `order` puts everything found into
+the seed's runbook order, which lives here and nowhere else: enter maintenance, silence
+monitoring, the database, the Secrets (and the workloads that use them), the application's
+workloads in the spec's order, then the checks, and last the cleanup (exit maintenance, resume
+monitoring).
+"""
 
 from __future__ import annotations
 
 import datetime
 
-from rewind.api.v1alpha1 import PlanStep, RollbackSpec, StepRecord, StepState
+from rewind.api.v1alpha1 import PlanStep, StepKind, StepRecord, StepState
 
 # The seed's decision matrix: how fast each severity must be resolved.
 DEADLINES = {
@@ -17,15 +24,34 @@ DEADLINES = {
 DONE_STATES = {StepState.SUCCEEDED.value, StepState.SKIPPED.value}
 FINISHED_STATES = DONE_STATES | {StepState.FAILED.value, StepState.INTERRUPTED.value}
 
+# The runbook's order, by step kind; steps of one rank keep the order their preflight gave them
+# (the database's check, backup, restore, verify, actions, swap; workloads as the spec lists them).
+RANK = {kind: rank for rank, kinds in enumerate([
+    [StepKind.MAINTENANCE_ENTER],
+    [StepKind.MONITORING_SUSPEND],
+    [StepKind.DATABASE_CHECK, StepKind.DATABASE_BACKUP, StepKind.DATABASE_RESTORE,
+     StepKind.DATABASE_VERIFY, StepKind.DATABASE_ACTION, StepKind.DATABASE_SWAP],
+    [StepKind.SECRETS_RESTORE],
+    [StepKind.CONSUMERS_RESTART],
+    [StepKind.WORKLOAD_REVISION],
+    [StepKind.TLS_VERIFY],
+    [StepKind.HTTP_CHECK, StepKind.SQL_CHECK, StepKind.TLS_CHECK],
+    [StepKind.MAINTENANCE_EXIT],
+    [StepKind.MONITORING_RESUME],
+]) for kind in kinds}
+
 
 def deadline_for(severity: str, started: datetime.datetime) -> datetime.datetime:
     return started + DEADLINES[severity]
 
 
-def order(spec: RollbackSpec, data: list[PlanStep], workloads: dict[str, PlanStep]) -> list[PlanStep]:
-    """The plan's order, as in the seed's runbook: the data first (the database's steps, then the
-    Secrets), then the application's workloads in the order the spec lists them."""
-    return [*data, *(workloads[workload_step_name(t.kind, t.name)] for t in spec.application or [])]
+def order(found: list[PlanStep]) -> list[PlanStep]:
+    """The plan: every step found, in the runbook's order (stable within a kind's rank)."""
+    names = [s.name for s in found]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"two plan steps share a name: {', '.join(duplicates)}")
+    return sorted(found, key=lambda s: RANK[StepKind(s.kind)])
 
 
 def workload_step_name(kind: str, name: str) -> str:

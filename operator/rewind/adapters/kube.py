@@ -75,9 +75,24 @@ CONTROLLER_REVISIONS = Resource("apps", "v1", "controllerrevisions")
 ROLLBACKS = Resource("rewind.dev", "v1alpha1", "rollbacks")
 
 
+def merge_diff(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`: keys gone from `new` become
+    null, so a field can be cleared; lists are replaced whole. {} when nothing changed."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_diff(old[key], value) if isinstance(value, dict) and isinstance(old[key], dict) \
+                else value
+    return patch
+
+
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """In-cluster service account when there is one, else the kubeconfig (or $KUBECONFIG)."""
-    cfg = client.Configuration()
+    cfg = _configure(client.Configuration())
     if kubeconfig is None:
         try:
             config.load_incluster_config(client_configuration=cfg)
@@ -86,6 +101,12 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
             pass
     config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
     return client.ApiClient(cfg)
+
+
+def _configure(cfg: client.Configuration) -> client.Configuration:
+    # Every waiting Rollback may hold a watch in its own thread: a pool that fits them.
+    cfg.connection_pool_maxsize = 128
+    return cfg
 
 
 class Kube:
@@ -117,6 +138,35 @@ class Kube:
             except ValueError:
                 raise KubeError(status, "", data[:500]) from None
         return json.loads(data) if data else {}
+
+    def watch_one(self, res: Resource, namespace: str, name: str, resource_version: str | None,
+                  timeout: float) -> bool:
+        """Blocks until the object changes after `resource_version` (True), or `timeout` seconds
+        pass without a change (False). Reads only: one watch request, closed at the first event."""
+        query = {"watch": "1", "fieldSelector": f"metadata.name={name}",
+                 "timeoutSeconds": str(max(1, int(timeout)))}
+        if resource_version:
+            query["resourceVersion"] = resource_version
+        method, url, headers, _, _ = self.api.param_serialize(
+            method="GET", resource_path=res.path(namespace), query_params=list(query.items()),
+            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+        try:
+            resp = self.api.call_api(method, url, header_params=headers, _request_timeout=timeout + 10)
+        except client.ApiException as e:
+            raise KubeError(e.status, e.reason or "", "watch refused") from None
+        raw = resp.response
+        try:
+            if resp.status >= 400:
+                raise KubeError(resp.status, "", "watch refused")
+            buffer = b""
+            for chunk in raw.stream(4096, decode_content=True):
+                buffer += chunk
+                if b"\n" in buffer:
+                    return True        # ADDED, MODIFIED, DELETED, or ERROR (410 Gone): look again
+            return bool(buffer.strip())
+        finally:
+            raw.close()
+            raw.release_conn()
 
     # --- conveniences -----------------------------------------------------------------------
 

@@ -134,6 +134,10 @@ DELETED = "Deleted"
 OPERATOR_ERROR = "OperatorError"
 """Calls kept failing (the Kubernetes API, PostgreSQL, a bug) and retries did not fix it."""
 
+WAIT_TIMED_OUT = "WaitTimedOut"
+"""A step waited (for a rollout, a Job, a restart, a name) past its own deadline, shown in
+status.steps[].deadline while it waits; the step fails and nothing more is done."""
+
 STATUSES = ("True", "False", "Unknown")
 
 

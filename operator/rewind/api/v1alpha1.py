@@ -605,6 +605,8 @@ class PlanStep(_Model):
                                           description="For a secrets step: what each Secret goes back to.")
     cleanup: bool = Field(False, description="Runs even when an earlier step failed (exit "
                                              "maintenance, resume monitoring).")
+    spec_key: str | None = Field(None, description="Which spec entry the step carries out (a check's, "
+                                                   "an action's or a workload's name).")
 
 
 class StepState(str, Enum):
@@ -631,6 +633,8 @@ class StepRecord(_Model):
     message: str | None = None
     reason: str | None = Field(None, description="Why a step failed, was skipped or interrupted.")
     next_attempt_at: datetime.datetime | None = Field(None, description="When a retried hook call is next due.")
+    deadline: datetime.datetime | None = Field(
+        None, description="While the step waits: when it gives up waiting (and fails with WaitTimedOut).")
     restored_revision: int | None = Field(None, description="Revision number the controller gave the restored template.")
 
 
@@ -700,8 +704,11 @@ class HookStatus(_Model):
 
 
 class ReportRef(_Model):
-    config_map_ref: str = Field(description="ConfigMap holding the incident report (report.md).")
+    config_map_ref: str | None = Field(None, description="ConfigMap holding the incident report (report.md).")
     sha256: str | None = Field(None, description="Hash of the report last written.")
+    message: str | None = Field(None, description="Why the report could not be written (while retrying, "
+                                                  "or after giving up at the deadline).")
+    deadline: datetime.datetime | None = Field(None, description="Until when writing the report is retried.")
 
 
 class RollbackStatus(_Model):

@@ -11,10 +11,10 @@ import datetime
 from rewind.adapters import tls
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
-    CertificateTarget, PlanStep, SecretChange, StepAction, StepKind, StepRecord, StepState, TargetRef,
+    CertificateTarget, PlanStep, SecretChange, StepAction, StepKind, StepRecord, TargetRef,
     VerificationResult,
 )
-from rewind.context import Context, StepFailed
+from rewind.context import Context, StepFailed, Wait
 
 TLS_TYPE = "kubernetes.io/tls"
 POLL_SECONDS = 1.0
@@ -67,20 +67,19 @@ def verify_steps(certs: list[CertificateTarget], changes: list[SecretChange]) ->
             endpoint = f"{cert.verify.host}:{cert.verify.port}"
             steps.append(PlanStep(name=f"certificate/{cert.secret_name}/served", kind=StepKind.TLS_VERIFY,
                                   target=TargetRef(kind="Endpoint", name=endpoint),
-                                  action=StepAction.RESTORE, secrets=[by_name[cert.secret_name]]))
+                                  action=StepAction.RESTORE, secrets=[by_name[cert.secret_name]],
+                                  spec_key=cert.secret_name))
     return steps
 
 
-def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     """After the swap: the endpoint serves the restored certificate (by fingerprint), valid now,
-    for the expected name. The server may take a while to reload; the check waits that long."""
+    for the expected name. The server may take a while to reload; the check waits that long, on
+    its own timer."""
     change = step.secrets[0]
-    cert = next(c for c in ctx.rollback.spec.certificates if c.secret_name == change.name)
+    cert = next(c for c in ctx.rollback.spec.certificates if c.secret_name == step.spec_key)
     name = cert.verify.server_name or cert.hosts[0]
-    if rec.state == StepState.PENDING.value:
-        rec.state, rec.attempts, rec.started_at = StepState.RUNNING.value, 1, ctx.clock()
-        rec.message = f"Checking that {step.target.name} serves the restored certificate for {name}."
-        ctx.save()
+    ctx.begin(step, rec, f"Checking that {step.target.name} serves the restored certificate for {name}.")
     now = ctx.clock()
     try:
         served = tls.served(cert.verify.host, cert.verify.port, name)
@@ -93,12 +92,11 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
         elif served.not_valid_after_utc <= now:
             problem = "the served certificate has expired"
     except OSError as e:
-        problem = f"cannot complete a TLS handshake with {step.target.name}: {e}"
-    if problem and now < rec.started_at + datetime.timedelta(seconds=cert.verify.timeout_seconds):
-        if rec.message != problem:
-            rec.message = problem + "; waiting for the server to reload."
-            ctx.save()
-        return POLL_SECONDS
+        problem = f"cannot complete a TLS handshake with {step.target.name}: {type(e).__name__}"
+    deadline = rec.started_at + datetime.timedelta(seconds=cert.verify.timeout_seconds)
+    if problem and now < deadline:
+        return ctx.waiting(step, rec, problem + "; waiting for the server to reload.", deadline,
+                           look_again=POLL_SECONDS)
     outcome = "Failed" if problem else "Passed"
     detail = problem or f"{step.target.name} serves the restored certificate {change.fingerprint[:16]}... for {name}"
     ctx.status.verification = [v for v in ctx.status.verification if v.name != step.name] + [
@@ -106,7 +104,5 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
     if problem:
         ctx.condition(C.VERIFIED, "False", "VerificationFailed", detail)
         raise StepFailed("VerificationFailed", detail)
-    rec.state, rec.finished_at, rec.message = StepState.SUCCEEDED.value, now, detail + "."
-    ctx.save()
-    ctx.emit("Normal", "CertificateServed", rec.message)
+    ctx.succeed(step, rec, detail + ".", "CertificateServed")
     return None

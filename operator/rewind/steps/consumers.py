@@ -5,14 +5,15 @@ them, and a write here would look to their own step like someone else's change).
 
 from __future__ import annotations
 
+import datetime
+
 from rewind.adapters.kube import STRATEGIC_MERGE_PATCH, Kube
 from rewind.api import conditions as C
-from rewind.api.v1alpha1 import PlanStep, StepAction, StepKind, StepRecord, StepState, TargetRef
-from rewind.context import Context, StepFailed
-from rewind.steps.workload import KINDS, rollout_state
+from rewind.api.v1alpha1 import PlanStep, StepAction, StepKind, StepRecord, TargetRef
+from rewind.context import Context, StepFailed, Wait, Watched
+from rewind.steps.workload import DEADLINE_MARGIN_SECONDS, DEFAULT_PROGRESS_DEADLINE_SECONDS, KINDS, LOOK_AGAIN_SECONDS, rollout_state
 
 RESTARTED_BY = "rewind.dev/restarted-by"
-POLL_SECONDS = 1.0
 
 
 def secrets_used(template: dict) -> set[str]:
@@ -52,35 +53,28 @@ def resolve(kube: Kube, namespace: str, restored: list[str], excluded: set[tuple
                     target=TargetRef(kind="Workloads", name=",".join(consumers)), action=StepAction.RESTORE)
 
 
-def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
+    """Each consumer gets the restart annotation once, then the step waits (on a watch of the first
+    one still rolling out) until all have rolled out, at most the rollout deadline."""
     targets = [t.split("/", 1) for t in step.target.name.split(",")]
-    if rec.state == StepState.PENDING.value:
-        rec.state, rec.attempts, rec.started_at = StepState.RUNNING.value, 1, ctx.clock()
-        rec.message = f"Restarting {step.target.name}, which use the restored Secrets."
-        ctx.save()
-    waiting = []
+    ctx.begin(step, rec, f"Restarting {step.target.name}, which use the restored Secrets.")
+    waiting, watch = [], None
     for kind_name, name in targets:
         kind = KINDS[kind_name]
         obj = ctx.kube.get(kind.resource, ctx.namespace, name)
         annotations = obj["spec"]["template"].get("metadata", {}).get("annotations") or {}
         if annotations.get(RESTARTED_BY) != ctx.uid:
-            ctx.kube.patch(kind.resource, ctx.namespace, name, {"spec": {"template": {"metadata": {
+            obj = ctx.kube.patch(kind.resource, ctx.namespace, name, {"spec": {"template": {"metadata": {
                 "annotations": {RESTARTED_BY: ctx.uid}}}}}, STRATEGIC_MERGE_PATCH)
-            waiting.append(f"{kind_name} {name} restarted")
-            continue
         state = rollout_state(kind_name, obj, rec.started_at)
         if state.failed:
             raise StepFailed(C.ROLLOUT_FAILED, f"restarting {kind_name} {name}: {state.message}")
         if not state.done:
             waiting.append(state.message)
+            watch = watch or Watched(kind.resource, name, obj["metadata"].get("resourceVersion"))
     if waiting:
-        message = "; ".join(waiting)
-        if rec.message != message:
-            rec.message = message
-            ctx.save()
-        return POLL_SECONDS
-    rec.state, rec.finished_at = StepState.SUCCEEDED.value, ctx.clock()
-    rec.message = f"{step.target.name} restarted with the restored Secrets and rolled out."
-    ctx.save()
-    ctx.emit("Normal", "ConsumersRestarted", rec.message)
+        deadline = rec.started_at + datetime.timedelta(seconds=DEFAULT_PROGRESS_DEADLINE_SECONDS + DEADLINE_MARGIN_SECONDS)
+        return ctx.waiting(step, rec, "; ".join(waiting), deadline, look_again=LOOK_AGAIN_SECONDS, watch=watch)
+    ctx.succeed(step, rec, f"{step.target.name} restarted with the restored Secrets and rolled out.",
+                "ConsumersRestarted")
     return None

@@ -19,6 +19,7 @@ exactly what happened, or stops as Interrupted when it cannot know.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -27,15 +28,20 @@ from rewind.adapters import db
 from rewind.adapters.kube import Kube
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
-    DatabaseSpec, DatabaseStatus, PlanStep, StepAction, StepKind, StepRecord, StepState, TargetRef,
+    DatabaseSpec, DatabaseStatus, PlanStep, StepAction, StepKind, StepRecord, TargetRef,
     VerificationResult,
 )
-from rewind.context import Context, StepFailed
+from rewind import crashpoints
+from rewind.context import Context, Found, Request, StepFailed, Wait, Watched
 from rewind.steps import jobs
 from rewind.steps.secrets import read_secret
 
 MAINTENANCE_DB = "postgres"
-JOB_POLL_SECONDS = 0.5
+# A watch on the Job wakes the step when it finishes; a pod that cannot start (a bad image) shows
+# only on the pod, so the step also looks every few seconds.
+JOB_LOOK_AGAIN_SECONDS = 5.0
+JOB_DEADLINE_MARGIN_SECONDS = 60
+LOCK_RETRY_SECONDS = 1.0
 
 # pg_dump/pg_restore print DETAIL and CONTEXT lines that can carry row values; only their own
 # "pg_restore: error: ..." lines go into the termination message (and from there into status).
@@ -156,10 +162,15 @@ def _connect(target: db.Target, dbname: str | None = None) -> Iterator:
 # --- planning --------------------------------------------------------------------------------
 
 
-def resolve(kube: Kube, rollback: dict, spec: DatabaseSpec) -> list[PlanStep]:
+def preflight(kube: Kube, req: Request) -> Found:
+    """The database's steps, when the spec has a database."""
+    if not req.spec.database:
+        return Found()
+    return Found(steps=resolve(kube, req.namespace, req.uid, req.spec.database))
+
+
+def resolve(kube: Kube, ns: str, uid: str, spec: DatabaseSpec) -> list[PlanStep]:
     """Preflight: the Secret, the URL, the server, the names. Reads only; raises StepFailed."""
-    meta = rollback["metadata"]
-    ns, uid = meta["namespace"], meta["uid"]
     target = connection(kube, ns, spec)
     live = target.dbname
     with _connect(target) as conn:
@@ -187,7 +198,7 @@ def resolve(kube: Kube, rollback: dict, spec: DatabaseSpec) -> list[PlanStep]:
                               target=target_ref, action=StepAction.RESTORE))
     for action in spec.after_restore or []:
         steps.append(PlanStep(name=f"database/action/{action.name}", kind=StepKind.DATABASE_ACTION,
-                              target=target_ref, action=StepAction.RESTORE))
+                              target=target_ref, action=StepAction.RESTORE, spec_key=action.name))
     steps.append(PlanStep(name="database/swap", kind=StepKind.DATABASE_SWAP, target=target_ref,
                           action=StepAction.RESTORE))
     return steps
@@ -196,22 +207,24 @@ def resolve(kube: Kube, rollback: dict, spec: DatabaseSpec) -> list[PlanStep]:
 # --- execution -------------------------------------------------------------------------------
 
 
-def _begin(ctx: Context, rec: StepRecord, message: str) -> None:
-    if rec.state == StepState.PENDING.value:
-        rec.state = StepState.RUNNING.value
-        rec.attempts += 1
-        rec.started_at = ctx.clock()
-        rec.message = message
-        ctx.condition(C.DATABASE_RESTORED, "False", C.EXECUTING, message)
-        ctx.save()   # intent, before the side effect
+def _job_wait(ctx: Context, step: PlanStep, rec: StepRecord, message: str,
+              outcome: jobs.JobOutcome | None = None) -> Wait:
+    """The step waits for its Job: woken by a watch on the Job, bounded by the Job's own deadline."""
+    deadline = rec.started_at + datetime.timedelta(
+        seconds=_spec(ctx).job_deadline_seconds + JOB_DEADLINE_MARGIN_SECONDS)
+    rv = outcome.resource_version if outcome else None
+    return ctx.waiting(step, rec, message, deadline, look_again=JOB_LOOK_AGAIN_SECONDS,
+                       watch=Watched(jobs.JOBS, step.job_name, rv))
 
 
-def _done(ctx: Context, rec: StepRecord, message: str, reason: str) -> None:
-    rec.state = StepState.SUCCEEDED.value
-    rec.finished_at = ctx.clock()
-    rec.message = message
-    ctx.save()
-    ctx.emit("Normal", reason, message)
+def _locked(ctx: Context, step: PlanStep) -> Wait:
+    """Another operator instance holds this step's lock right now: look again shortly."""
+    return Wait(at=ctx.clock() + datetime.timedelta(seconds=LOCK_RETRY_SECONDS),
+                reason=f"{step.name}: another operator instance is on this step")
+
+
+def _done(ctx: Context, step: PlanStep, rec: StepRecord, message: str, reason: str) -> None:
+    ctx.succeed(step, rec, message, reason)
 
 
 def _dbstatus(ctx: Context) -> DatabaseStatus:
@@ -234,30 +247,29 @@ def _job_env(spec: DatabaseSpec, dump_path: str, dump_ref: str, **extra: str) ->
 
 
 def _run_job(ctx: Context, step: PlanStep, rec: StepRecord, manifest: Callable[[], dict],
-             what: str) -> jobs.JobOutcome | None:
-    """Get-or-create the step's Job; None while it runs, else its outcome."""
+             what: str) -> jobs.JobOutcome | Wait:
+    """Get-or-create the step's Job; a Wait while it runs, else its outcome."""
     outcome = jobs.job_outcome(ctx.kube, ctx.namespace, step.job_name)
     if outcome.state == "missing":
         how = jobs.ensure_job(ctx.kube, manifest())
-        rec.message = f"Job {step.job_name} {how}: {what}."
-        ctx.save()
-        return None
+        crashpoints.reach(f"{step.kind}:after-job-created")
+        return _job_wait(ctx, step, rec, f"Job {step.job_name} {how}: {what}.")
     if outcome.state == "running":
-        return None
+        return _job_wait(ctx, step, rec, rec.message or f"Job {step.job_name}: {what}.", outcome)
     return outcome
 
 
-def advance_check(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+def advance_check(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     spec = _spec(ctx)
     src = spec.restore_from.persistent_volume_claim
     ref = f"{src.claim_name}:{src.path}"
-    _begin(ctx, rec, f"Checking the backup {ref}.")
+    ctx.begin(step, rec, f"Checking the backup {ref}.", C.DATABASE_RESTORED)
     outcome = _run_job(ctx, step, rec, lambda: jobs.build_job(
         name=step.job_name, rollback=ctx.obj, step="check", image=spec.image, script=CHECK_SCRIPT,
         env=_job_env(spec, src.path, ref), claim_name=src.claim_name,
         deadline_seconds=spec.job_deadline_seconds, read_only_backups=True), f"checking {ref}")
-    if outcome is None:
-        return JOB_POLL_SECONDS
+    if isinstance(outcome, Wait):
+        return outcome
     if outcome.state == "failed":
         reason = {10: "BackupNotFound", 11: "BackupEmpty", 12: "BackupCorrupt"}.get(outcome.exit_code, "BackupCheckFailed")
         raise StepFailed(reason, f"{outcome.message or 'the backup check Job failed'}; nothing was changed")
@@ -271,7 +283,7 @@ def advance_check(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None
     st = _dbstatus(ctx)
     st.live_database, st.backup_source, st.backup_source_sha256 = live, ref, result.get("sha256")
     st.backup_row_counts = _manifest_counts(result.get("manifest") or "", ref)
-    _done(ctx, rec, f"The backup {ref} is a pg_dump archive of {live} "
+    _done(ctx, step, rec, f"The backup {ref} is a pg_dump archive of {live} "
                     f"({result.get('bytes')} bytes, sha256 {str(result.get('sha256'))[:12]}...).", "BackupChecked")
     jobs.delete_job(ctx.kube, ctx.namespace, step.job_name)   # after the outcome is recorded
     return None
@@ -295,17 +307,17 @@ def _manifest_counts(encoded: str, ref: str) -> dict[str, int] | None:
                          '{"tables": {"<table>": <rows>, ...}}; nothing was changed') from None
 
 
-def advance_backup(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+def advance_backup(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     spec = _spec(ctx)
     claim, path = backup_to(spec, ctx.namespace, ctx.name, ctx.uid)
     ref = f"{claim}:{path}"
-    _begin(ctx, rec, f"Dumping the live database {step.target.name} to {ref} before anything changes.")
+    ctx.begin(step, rec, f"Dumping the live database {step.target.name} to {ref} before anything changes.", C.DATABASE_RESTORED)
     outcome = _run_job(ctx, step, rec, lambda: jobs.build_job(
         name=step.job_name, rollback=ctx.obj, step="backup", image=spec.image, script=BACKUP_SCRIPT,
         env=_job_env(spec, path, ref), claim_name=claim,
         deadline_seconds=spec.job_deadline_seconds, read_only_backups=False), f"pg_dump to {ref}")
-    if outcome is None:
-        return JOB_POLL_SECONDS
+    if isinstance(outcome, Wait):
+        return outcome
     if outcome.state == "failed":
         raise StepFailed("PreRollbackBackupFailed",
                          f"{outcome.message or 'the pre-rollback backup Job failed'}; nothing was changed")
@@ -313,24 +325,24 @@ def advance_backup(ctx: Context, step: PlanStep, rec: StepRecord) -> float | Non
     st = _dbstatus(ctx)
     st.pre_rollback_backup, st.pre_rollback_backup_sha256 = ref, result.get("sha256")
     st.pre_rollback_backup_bytes = result.get("bytes")
-    _done(ctx, rec, f"The live database {step.target.name} is saved to {ref} "
+    _done(ctx, step, rec, f"The live database {step.target.name} is saved to {ref} "
                     f"({result.get('bytes')} bytes).", "PreRollbackBackupTaken")
     jobs.delete_job(ctx.kube, ctx.namespace, step.job_name)   # after the outcome is recorded
     return None
 
 
-def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     spec = _spec(ctx)
     live = step.target.name
     staging = staging_name(live, ctx.uid)
     src = spec.restore_from.persistent_volume_claim
     ref = f"{src.claim_name}:{src.path}"
-    _begin(ctx, rec, f"Restoring {ref} into the staging database {staging}.")
+    ctx.begin(step, rec, f"Restoring {ref} into the staging database {staging}.", C.DATABASE_RESTORED)
     target = connection(ctx.kube, ctx.namespace, spec)
     with _connect(target, MAINTENANCE_DB) as conn:
         _db_call(db.ensure_ledger, conn)
         if not db.try_lock(conn, f"rewind:{ctx.uid}:restore"):
-            return JOB_POLL_SECONDS   # another operator instance is on this step right now
+            return _locked(ctx, step)
         state = db.ledger_state(conn, ctx.uid, "restore")
         if state is None:
             db.ledger_advance(conn, ctx.uid, "restore", None, "claimed", staging)
@@ -352,10 +364,9 @@ def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> float | No
                 script=RESTORE_SCRIPT, env=_job_env(spec, src.path, ref, TARGET_DB=staging),
                 claim_name=src.claim_name, deadline_seconds=spec.job_deadline_seconds,
                 read_only_backups=True))
+            crashpoints.reach(f"{step.kind}:after-job-created")
             db.ledger_advance(conn, ctx.uid, "restore", "claimed", "job-created", staging)
-            rec.message = f"Job {step.job_name} restores {ref} into {staging}."
-            ctx.save()
-            return JOB_POLL_SECONDS
+            return _job_wait(ctx, step, rec, f"Job {step.job_name} restores {ref} into {staging}.")
         if state == "restored":
             return _restored(ctx, step, rec, staging, ref)
         if state == "failed":
@@ -363,7 +374,7 @@ def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> float | No
                                               f"the live database {live} is unchanged")
         outcome = jobs.job_outcome(ctx.kube, ctx.namespace, step.job_name)
         if outcome.state == "running":
-            return JOB_POLL_SECONDS
+            return _job_wait(ctx, step, rec, rec.message, outcome)
         if outcome.state == "missing":
             raise StepFailed(C.INTERRUPTED, f"the restore Job {step.job_name} disappeared before its "
                                             f"outcome was recorded; the staging database {staging} "
@@ -381,15 +392,15 @@ def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> float | No
 
 def _restored(ctx: Context, step: PlanStep, rec: StepRecord, staging: str, ref: str) -> None:
     _dbstatus(ctx).staging_database = staging
-    _done(ctx, rec, f"{ref} is restored into the staging database {staging}.", "StagingRestored")
+    _done(ctx, step, rec, f"{ref} is restored into the staging database {staging}.", "StagingRestored")
     jobs.delete_job(ctx.kube, ctx.namespace, step.job_name)   # after the outcome is recorded
     return None
 
 
-def advance_verify(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+def advance_verify(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     spec = _spec(ctx)
     staging = staging_name(step.target.name, ctx.uid)
-    _begin(ctx, rec, f"Verifying the staging database {staging}.")
+    ctx.begin(step, rec, f"Verifying the staging database {staging}.", C.DATABASE_RESTORED)
     target = connection(ctx.kube, ctx.namespace, spec)
     expected = (ctx.status.database.backup_row_counts if ctx.status.database else None) or {}
     tables = list(dict.fromkeys([*spec.verify.tables, *sorted(expected)]))
@@ -418,40 +429,39 @@ def advance_verify(ctx: Context, step: PlanStep, rec: StepRecord) -> float | Non
         ctx.condition(C.VERIFIED, "False", "VerificationFailed", "; ".join(failures))
         raise StepFailed("VerificationFailed", "; ".join(failures) + f"; the swap did not happen and "
                          f"the live database {step.target.name} is unchanged")
-    _done(ctx, rec, f"The staging database {staging} holds every listed table "
+    _done(ctx, step, rec, f"The staging database {staging} holds every listed table "
                     f"({', '.join(f'{t}: {c}' for t, c in counts.items())}).", "StagingVerified")
     return None
 
 
-def advance_action(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+def advance_action(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     """A named SQL action on the staging database (idempotent: running it twice changes nothing
     more), before the swap, so production never serves what it removes."""
     spec = _spec(ctx)
-    name = step.name.rsplit("/", 1)[-1]
-    action = next(a for a in spec.after_restore if a.name == name)
+    action = next(a for a in spec.after_restore if a.name == step.spec_key)
     staging = staging_name(step.target.name, ctx.uid)
-    _begin(ctx, rec, f"Running {action.action} ({action.name}) on {action.table} in {staging}.")
+    ctx.begin(step, rec, f"Running {action.action} ({action.name}) on {action.table} in {staging}.", C.DATABASE_RESTORED)
     target = connection(ctx.kube, ctx.namespace, spec)
     filters = [(f.column, f.equals) for f in action.where or []]
     with _connect(target, staging) as conn:
         rows = _db_call(db.clear_columns, conn, action.table, action.columns, filters,
                         action.statement_timeout_seconds)
     where = " and ".join(f"{c} matches" for c, _ in filters) or "all rows"
-    _done(ctx, rec, f"{action.action} ({action.name}): {', '.join(action.columns)} cleared in "
+    _done(ctx, step, rec, f"{action.action} ({action.name}): {', '.join(action.columns)} cleared in "
                     f"{rows} row(s) of {action.table} ({where}).", "ActionApplied")
     return None
 
 
-def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     spec = _spec(ctx)
     live = step.target.name
     staging, pre = staging_name(live, ctx.uid), pre_name(live, ctx.uid)
-    _begin(ctx, rec, f"Swapping {staging} in as {live}; the current {live} becomes {pre}.")
+    ctx.begin(step, rec, f"Swapping {staging} in as {live}; the current {live} becomes {pre}.", C.DATABASE_RESTORED)
     target = connection(ctx.kube, ctx.namespace, spec)
     with _connect(target, MAINTENANCE_DB) as conn:
         _db_call(db.ensure_ledger, conn)
         if not db.try_lock(conn, f"rewind:{ctx.uid}:swap"):
-            return JOB_POLL_SECONDS   # another operator instance is swapping right now
+            return _locked(ctx, step)
         state = db.ledger_state(conn, ctx.uid, "swap")
         if state != "swapped":
             if state is None:
@@ -467,8 +477,10 @@ def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
                     raise StepFailed("SwapBlocked", f"{left} session(s) on {live} did not end"
                                      f"{'' if spec.terminate_connections else ' (terminateConnections is false)'}; "
                                      f"nothing was renamed and {live} accepts connections again")
+                crashpoints.reach("DatabaseSwap:before-rename")
                 _db_call(db.swap, conn, live=live, staging=staging, pre=pre, uid=ctx.uid,
                          ledger_step="swap")
+                crashpoints.reach("DatabaseSwap:after-rename")
             except BaseException:
                 _reopen_after_failed_swap(target, live, ctx.uid)
                 raise
@@ -479,7 +491,7 @@ def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
     st.swapped_at = ctx.clock()
     message = f"{live} now holds the restored data; the previous {live} is kept as {pre}."
     ctx.condition(C.DATABASE_RESTORED, "True", "Swapped", message)
-    _done(ctx, rec, message, "DatabaseSwapped")
+    _done(ctx, step, rec, message, "DatabaseSwapped")
     return None
 
 
@@ -493,17 +505,3 @@ def _reopen_after_failed_swap(target: db.Target, live: str, uid: str) -> None:
                 db.set_allow_connections(conn, live, True)
     except db.DatabaseError:
         pass   # unreachable right now; the retry of this step allows connections again either way
-
-
-ADVANCE = {
-    StepKind.DATABASE_CHECK.value: advance_check,
-    StepKind.DATABASE_BACKUP.value: advance_backup,
-    StepKind.DATABASE_RESTORE.value: advance_restore,
-    StepKind.DATABASE_VERIFY.value: advance_verify,
-    StepKind.DATABASE_ACTION.value: advance_action,
-    StepKind.DATABASE_SWAP.value: advance_swap,
-}
-
-
-def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
-    return ADVANCE[step.kind](ctx, step, rec)

@@ -92,6 +92,7 @@ class JobOutcome:
     state: str                 # running | succeeded | failed | missing
     exit_code: int | None = None
     message: str = ""
+    resource_version: str | None = None   # of the Job as read: a watch from here wakes on its change
 
     def result(self) -> dict:
         try:
@@ -112,7 +113,8 @@ def job_outcome(kube: Kube, namespace: str, name: str) -> JobOutcome:
                   if c.get("status") == "True"}
     if "Complete" not in conditions and "Failed" not in conditions:
         stuck = _stuck(kube, namespace, name)
-        return JobOutcome("failed", None, stuck) if stuck else JobOutcome("running")
+        return JobOutcome("failed", None, stuck) if stuck else \
+            JobOutcome("running", resource_version=job["metadata"].get("resourceVersion"))
     exit_code, message = _termination(kube, namespace, name)
     if "Complete" in conditions:
         return JobOutcome("succeeded", exit_code, message)

@@ -21,7 +21,7 @@ from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
     Notification, NotificationEvent, NotificationRecord, NotificationState, SecretKeyRef,
 )
-from rewind.context import Context, StepFailed
+from rewind.context import Context, Found, Request, StepFailed, Wait
 from rewind.steps.secrets import read_key
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,10 @@ def queue(ctx: Context, event: NotificationEvent, message: str) -> None:
                 next_attempt_at=now, phase=ctx.status.phase, progress=ctx.status.progress))
 
 
-def preflight(ctx: Context) -> list[str]:
+def preflight(kube, req: Request) -> Found:
     """Warnings, never refusals: a missing Slack Secret must not stop a rollback in an incident."""
     warnings = []
-    for n in ctx.rollback.spec.notifications or []:
+    for n in req.spec.notifications or []:
         refs = [n.slack.webhook_secret_ref] if n.slack else [n.webhook.url_secret_ref] if n.webhook else []
         if n.email and n.email.smtp.credentials_secret_ref:
             refs += [SecretKeyRef(name=n.email.smtp.credentials_secret_ref, key=k) for k in ("username", "password")]
@@ -67,14 +67,14 @@ def preflight(ctx: Context) -> list[str]:
             refs.append(n.email.smtp.ca_secret_ref)
         for ref in refs:
             try:
-                read_key(ctx.kube, ctx.namespace, ref.name, ref.key, f"the Secret of notification {n.name}")
+                read_key(kube, req.namespace, ref.name, ref.key, f"the Secret of notification {n.name}")
             except StepFailed as e:
                 warnings.append(f"notification {n.name} will fail: {e.message}")
-    return warnings
+    return Found(warnings=warnings)
 
 
-def deliver(ctx: Context) -> float | None:
-    """Sends what is due; returns seconds until the next retry is due, or None."""
+def deliver(ctx: Context) -> Wait | None:
+    """Sends what is due; returns the wait until the next retry is due, or None."""
     now = ctx.clock()
     due = [r for r in ctx.status.notifications if r.state == NotificationState.PENDING.value
            and (r.next_attempt_at is None or r.next_attempt_at <= now)]
@@ -90,7 +90,10 @@ def deliver(ctx: Context) -> float | None:
             ctx.save()   # each outcome at once: a later failure must not make it send again
     pending = [r.next_attempt_at for r in ctx.status.notifications
                if r.state == NotificationState.PENDING.value and r.next_attempt_at]
-    return max(0.5, (min(pending) - ctx.clock()).total_seconds()) if pending else None
+    if not pending:
+        return None
+    at = max(min(pending), ctx.clock() + datetime.timedelta(seconds=0.5))
+    return Wait(at=at, reason="notifications to retry")
 
 
 def _attempt(ctx: Context, channel: Notification | None, rec: NotificationRecord) -> None:

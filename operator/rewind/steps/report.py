@@ -4,13 +4,14 @@ notification sent late)."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 
 from rewind import report
 from rewind.adapters.kube import Kube, KubeError, Resource
 from rewind.api.v1alpha1 import GROUP, VERSION, ReportRef
-from rewind.context import Context
+from rewind.context import Context, Wait
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,17 @@ def name_for(rollback: str) -> str:
     return f"{rollback[:230]}-{hashlib.sha256(rollback.encode()).hexdigest()[:8]}-report"
 
 
-def sync(ctx: Context) -> float | None:
-    """Writes the report when it changed; returns a delay to try again after a failure."""
+RETRY_EVERY = datetime.timedelta(seconds=10)
+RETRY_FOR = datetime.timedelta(minutes=5)
+
+
+def sync(ctx: Context) -> Wait | None:
+    """Writes the report when it changed. After a failure it is tried again every few seconds until
+    a deadline (in status.report), then given up with the reason: `kubectl rewind report` still
+    renders it from status."""
     text = report.render(ctx.obj | {"status": ctx.status.dump()})
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    if ctx.status.report and ctx.status.report.sha256 == digest:
+    if ctx.status.report and (ctx.status.report.sha256 == digest or gave_up(ctx.status.report, ctx.clock())):
         return None
     name = name_for(ctx.name)
     body = {
@@ -46,14 +53,34 @@ def sync(ctx: Context) -> float | None:
     except KubeError as e:
         log.warning("%s/%s: could not write the incident report %s: %s %s", ctx.namespace, ctx.name,
                     name, e.status, e.reason)
-        return 10.0 if not e.forbidden else None
-    first = ctx.status.report is None
+        now = ctx.clock()
+        current = ctx.status.report or ReportRef()
+        deadline = current.deadline or now + RETRY_FOR
+        why = (f"ConfigMap {name} cannot be written ({e.status} {e.reason}"
+               f"{': the name belongs to another object' if e.conflict else ''})")
+        if e.forbidden or now >= deadline:
+            current.message = f"{why}; gave up. `kubectl rewind report {ctx.name}` renders the report from status."
+            current.deadline = min(deadline, now)
+            ctx.status.report = current
+            ctx.save()
+            ctx.emit("Warning", "ReportNotWritten", current.message)
+            return None
+        if current.message is None:
+            current.message, current.deadline = f"{why}; retrying until {deadline:%H:%M:%S}Z.", deadline
+            ctx.status.report = current
+            ctx.save()
+        return Wait(at=min(deadline, now + RETRY_EVERY), reason=current.message)
+    first = ctx.status.report is None or ctx.status.report.config_map_ref is None
     ctx.status.report = ReportRef(config_map_ref=name, sha256=digest)
     ctx.save()
     if first:
         ctx.emit("Normal", "ReportWritten", f"Incident report in ConfigMap {name}: "
                  f"kubectl rewind report {ctx.name} -n {ctx.namespace}")
     return None
+
+
+def gave_up(ref: ReportRef, now: datetime.datetime) -> bool:
+    return ref.config_map_ref is None and ref.deadline is not None and now >= ref.deadline
 
 
 def _write(kube: Kube, namespace: str, name: str, body: dict) -> None:

@@ -25,8 +25,9 @@ from rewind.api.v1alpha1 import (
     PREVIOUS, CertificateTarget, PlanStep, SecretChange, SecretTarget, StepAction, StepKind,
     StepRecord, StepState, TargetRef,
 )
-from rewind.context import Context, StepFailed
-from rewind.steps import certificates
+from rewind import crashpoints
+from rewind.context import Context, Found, Request, StepFailed
+from rewind.steps import certificates, consumers
 
 SECRETS = Resource("", "v1", "secrets")
 TRACK_LABEL = "rewind.dev/track"
@@ -174,6 +175,21 @@ def _source(kube: Kube, namespace: str, target: SecretTarget, current: dict) -> 
     return chosen["metadata"]["name"], chosen
 
 
+def preflight(kube: Kube, req: Request) -> Found:
+    """The Secrets and certificates step, the TLS checks of the restored certificates, and the
+    restart of the workloads that use the restored Secrets (spec.restartConsumers)."""
+    spec = req.spec
+    if not spec.secrets and not spec.certificates:
+        return Found()
+    step, warnings = resolve(kube, req.namespace, spec.secrets or [], spec.certificates or [])
+    steps = [step, *certificates.verify_steps(spec.certificates or [], step.secrets)]
+    if spec.restart_consumers:
+        excluded = {(t.kind, t.name) for t in spec.application or []}
+        restart = consumers.resolve(kube, req.namespace, [c.name for c in step.secrets], excluded)
+        steps += [restart] if restart else []
+    return Found(steps=steps, warnings=warnings)
+
+
 def resolve(kube: Kube, namespace: str, targets: list[SecretTarget],
             certs: list[CertificateTarget]) -> tuple[PlanStep, list[str]]:
     """Preflight for the Secrets and certificates: each exists, its source exists and is of the
@@ -224,18 +240,12 @@ def _write(kube: Kube, namespace: str, secret: dict, source: dict) -> None:
     ], JSON_PATCH)
 
 
-def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> None:
     names = ", ".join(c.name for c in step.secrets)
-    if rec.state == StepState.PENDING.value:
-        if step.action == StepAction.NO_OP.value:
-            rec.state, rec.finished_at = StepState.SKIPPED.value, ctx.clock()
-            rec.message = f"Secrets {names} already hold the data to restore; nothing to change."
-            ctx.save()
-            return None
-        rec.state, rec.attempts, rec.started_at = StepState.RUNNING.value, rec.attempts + 1, ctx.clock()
-        rec.message = f"Restoring Secrets {names}."
-        ctx.condition(C.SECRETS_RESTORED, "False", C.EXECUTING, rec.message)
-        ctx.save()   # intent, before the writes
+    if rec.state == StepState.PENDING.value and step.action == StepAction.NO_OP.value:
+        ctx.skip(step, rec, f"Secrets {names} already hold the data to restore; nothing to change.")
+        return None
+    ctx.begin(step, rec, f"Restoring Secrets {names}.", C.SECRETS_RESTORED)   # intent, before the writes
 
     ns = ctx.namespace
     current = {c.name: read_secret(ctx.kube, ns, c.name, "Secret") for c in step.secrets}
@@ -257,6 +267,7 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
                 raise StepFailed(C.CONFLICT, f"{c.source} changed after planning")
             try:
                 _write(ctx.kube, ns, secret, source)
+                crashpoints.reach("SecretsRestore:after-write")
             except KubeError as e:
                 raise StepFailed(C.CONFLICT if e.status in (409, 422) else C.OPERATOR_ERROR,
                                  f"writing Secret {c.name} failed ({e.status} {e.reason})") from None
@@ -265,11 +276,9 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
         _undo(ctx, step, written)
         raise StepFailed(e.reason, f"{e.message}; every Secret was put back as it was "
                                    f"({', '.join(written) or 'none had been written'})") from None
-    rec.state, rec.finished_at = StepState.SUCCEEDED.value, ctx.clock()
-    rec.message = f"Secrets {names} hold their earlier data again; what they held is kept in their history."
-    ctx.condition(C.SECRETS_RESTORED, "True", "Restored", rec.message)
-    ctx.save()
-    ctx.emit("Normal", "SecretsRestored", rec.message)
+    message = f"Secrets {names} hold their earlier data again; what they held is kept in their history."
+    ctx.condition(C.SECRETS_RESTORED, "True", "Restored", message)
+    ctx.succeed(step, rec, message, "SecretsRestored")
     return None
 
 

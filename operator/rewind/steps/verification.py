@@ -18,21 +18,27 @@ from rewind.api.v1alpha1 import (
     PlanStep, RollbackSpec, SqlCheck, TlsCheck, StepAction, StepKind, StepRecord, StepState, TargetRef,
     VerificationResult,
 )
-from rewind.context import Context, StepFailed
+from rewind.context import Context, Found, Request, StepFailed, Wait
 from rewind.steps.secrets import read_key
+
+
+def preflight(kube: Kube, req: Request) -> Found:
+    """One step per check; refused when a check cannot work (see `resolve`). Reads only."""
+    resolve(kube, req.namespace, req.spec)
+    return Found(steps=plan(req.spec))
 
 
 def plan(spec: RollbackSpec) -> list[PlanStep]:
     v = spec.verification
     if not v:
         return []
-    return [PlanStep(name=f"verify/http/{c.name}", kind=StepKind.HTTP_CHECK,
+    return [PlanStep(name=f"verify/http/{c.name}", kind=StepKind.HTTP_CHECK, spec_key=c.name,
                      target=TargetRef(kind="HTTP", name=http.redact(c.url)), action=StepAction.RESTORE)
             for c in v.http or []] + \
-           [PlanStep(name=f"verify/sql/{c.name}", kind=StepKind.SQL_CHECK,
+           [PlanStep(name=f"verify/sql/{c.name}", kind=StepKind.SQL_CHECK, spec_key=c.name,
                      target=TargetRef(kind="SQL", name=_connection_ref(spec, c)), action=StepAction.RESTORE)
             for c in v.sql or []] + \
-           [PlanStep(name=f"verify/tls/{c.name}", kind=StepKind.TLS_CHECK,
+           [PlanStep(name=f"verify/tls/{c.name}", kind=StepKind.TLS_CHECK, spec_key=c.name,
                      target=TargetRef(kind="TLS", name=f"{c.host}:{c.port}"), action=StepAction.RESTORE)
             for c in v.tls or []]
 
@@ -65,9 +71,11 @@ def _url(kube: Kube, namespace: str, check: SqlCheck, ref) -> str:
     return url
 
 
+CHECKS = {StepKind.HTTP_CHECK.value: "http", StepKind.SQL_CHECK.value: "sql", StepKind.TLS_CHECK.value: "tls"}
+
+
 def _check(spec: RollbackSpec, step: PlanStep):
-    kind = {StepKind.HTTP_CHECK.value: "http", StepKind.SQL_CHECK.value: "sql", StepKind.TLS_CHECK.value: "tls"}[step.kind]
-    return next(c for c in getattr(spec.verification, kind) if f"verify/{kind}/{c.name}" == step.name)
+    return next(c for c in getattr(spec.verification, CHECKS[step.kind]) if c.name == step.spec_key)
 
 
 def measure_tls(check: TlsCheck, now: datetime.datetime) -> Measurement:
@@ -104,7 +112,9 @@ def _measure(ctx: Context, step: PlanStep, check) -> tuple[str, Measurement]:
     return "SQL", sqlcheck.measure(url, check)
 
 
-def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
+def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
+    """Takes the measurement that is due, or waits for it on the step's own timer (measurements
+    only read, so nothing is recorded before one)."""
     policy = ctx.rollback.spec.verification.on_failure
     now = ctx.clock()
     if rec.state == StepState.PENDING.value:
@@ -112,7 +122,7 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
     check = _check(ctx.rollback.spec, step)
     due = rec.started_at + datetime.timedelta(seconds=check.interval_seconds * rec.attempts)
     if now < due:
-        return (due - now).total_seconds()
+        return Wait(at=due, reason=f"{step.name}: measurement {rec.attempts + 1} of {check.count} is due")
     kind, m = _measure(ctx, step, check)
     rec.attempts += 1
     if m.outcome == "Failed":
@@ -130,7 +140,8 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
         outcome = "Inconclusive"
     elif rec.attempts < check.count:
         ctx.save()
-        return float(check.interval_seconds)
+        return Wait(at=rec.started_at + datetime.timedelta(seconds=check.interval_seconds * rec.attempts),
+                    reason=f"{step.name}: measurement {rec.attempts + 1} of {check.count} is due")
     else:
         outcome = "Passed"
     ctx.status.verification = [v for v in ctx.status.verification if v.name != step.name] + [
@@ -143,7 +154,6 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
         if policy == "Fail":
             raise StepFailed(reason, f"check {check.name} {what}: {rec.message}")
         ctx.emit("Warning", reason, f"check {check.name} {what}: {rec.message}")
-    rec.state, rec.finished_at = StepState.SUCCEEDED.value, now
-    ctx.save()
+    ctx.succeed(step, rec, rec.message, emit=False)
     return None
 

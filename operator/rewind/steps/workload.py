@@ -5,8 +5,9 @@ and DaemonSets in ControllerRevisions. The step has the shape every step has:
 
 - `preflight` (read-only): resolve the wanted revision and what the write would change;
 - `apply` (idempotent): one write, only if the pod template is as planned, guarded by resourceVersion;
-- `adopt`: after a crash, tell whether our write already happened;
-- `rollout` : whether the controller finished rolling out the restored template.
+  after a crash, the `rewind.dev/restored-by` marker tells whether our write already happened;
+- `advance`: intent, the write, then a wait on a watch of the workload until the controller has
+  rolled the restored template out, bounded by the rollout's own deadline.
 
 Differences from kubectl, on purpose: the write carries a resourceVersion precondition (kubectl's
 has none and can race a concurrent writer), a field manager, and the annotation
@@ -34,7 +35,8 @@ from rewind.plan import workload_step_name
 from rewind.api.v1alpha1 import (
     PREVIOUS, PlanStep, StepAction, StepKind, StepRecord, StepState, TargetRef, WorkloadTarget,
 )
-from rewind.context import Context, StepFailed
+from rewind import crashpoints
+from rewind.context import Context, Found, Request, StepFailed, Wait, Watched
 
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 RESTORED_BY_ANNOTATION = "rewind.dev/restored-by"
@@ -50,9 +52,12 @@ SKIP_ANNOTATIONS = frozenset({
     "deprecated.deployment.rollback.to",
 })
 
-# How long a StatefulSet/DaemonSet rollout may take; they have no progressDeadlineSeconds.
+# How long a rollout may take: a Deployment's own progressDeadlineSeconds (600 by default, and it
+# never fires while the Deployment is paused) plus a margin; StatefulSets and DaemonSets have none.
 DEFAULT_PROGRESS_DEADLINE_SECONDS = 600
-ROLLOUT_POLL_SECONDS = 1.0
+DEADLINE_MARGIN_SECONDS = 60
+# A watch wakes the step on every change of the workload; this is only the longest sleep between looks.
+LOOK_AGAIN_SECONDS = 30.0
 
 MAX_DIFF_CHARS = 8000
 
@@ -285,6 +290,19 @@ def _read(kube: Kube, kind: Kind, namespace: str, name: str) -> dict:
         raise
 
 
+def preflight(kube: Kube, req: Request) -> Found:
+    """Every workload of spec.application, in the spec's order; all problems reported at once."""
+    steps, problems = [], []
+    for target in req.spec.application or []:
+        try:
+            steps.append(resolve(kube, req.namespace, target).step)
+        except StepFailed as e:
+            problems.append(e)
+    if problems:
+        raise StepFailed(problems[0].reason, "; ".join(p.message for p in problems))
+    return Found(steps=steps)
+
+
 def resolve(kube: Kube, namespace: str, target: WorkloadTarget) -> Resolved:
     """Preflight for one workload; raises StepFailed. Reads only."""
     if target.namespace and target.namespace != namespace:
@@ -326,6 +344,7 @@ def resolve(kube: Kube, namespace: str, target: WorkloadTarget) -> Resolved:
         from_template_hash=template_hash(current_template),
         template_hash=template_hash(template),
         diff=None if same else template_diff(current_template, template, f"{kind.name}/{target.name}"),
+        spec_key=f"{kind.name}/{target.name}",
     )
     return Resolved(step, history_obj, current)
 
@@ -362,6 +381,7 @@ def apply(kube: Kube, namespace: str, step: PlanStep, rollback_uid: str) -> str:
         body, content_type = build_patch(kind.name, history[0], current, template, rollback_uid)
         try:
             kube.patch(kind.resource, namespace, step.target.name, body, content_type)
+            crashpoints.reach("WorkloadRevision:after-write")
             return "patched"
         except KubeError as e:
             if e.conflict or e.status == 422 and "test" in e.message.lower():
@@ -394,14 +414,21 @@ def _changed_message(kind: str, namespace: str, step: PlanStep, current: dict) -
 
 
 def check_rollout(kube: Kube, namespace: str, step: PlanStep,
-                  since: datetime.datetime | None) -> tuple[RolloutState, int | None]:
-    """The rollout's state, and the revision number the controller gave the restored template."""
+                  since: datetime.datetime | None) -> tuple[RolloutState, int | None, dict]:
+    """The rollout's state, the revision number the controller gave the restored template, and
+    the workload as read (its resourceVersion is where the watch starts)."""
     kind = KINDS[step.target.kind]
-    obj = kube.get(kind.resource, namespace, step.target.name)
+    try:
+        obj = kube.get(kind.resource, namespace, step.target.name)
+    except KubeError as e:
+        if e.not_found:
+            raise StepFailed(C.TARGET_NOT_FOUND, f"{kind.name} {namespace}/{step.target.name} was "
+                                                 "deleted during the rollout") from None
+        raise
     if template_hash(obj["spec"]["template"]) != step.template_hash:
         return RolloutState(False, True, f"{kind.name} {namespace}/{step.target.name} no longer has "
                                          "the restored template: someone changed it during the "
-                                         "rollout"), None
+                                         "rollout"), None, obj
     state = rollout_state(kind.name, obj, since)
     revision = None
     if state.done:
@@ -413,54 +440,49 @@ def check_rollout(kube: Kube, namespace: str, step: PlanStep,
             owned = [history_revision(kind.name, h) for h in kube.list(kind.history, namespace)
                      if is_controlled_by(h, obj)]
             revision = max((r for r in owned if r is not None), default=None)
-    return state, revision
+    elif kind.name == "Deployment" and obj.get("spec", {}).get("paused"):
+        state = RolloutState(False, False, f"Deployment {step.target.name} is paused mid-rollout ({state.message}); "
+                                           f"resume it (kubectl rollout resume deployment/{step.target.name}) "
+                                           "or the step fails at its deadline")
+    return state, revision, obj
 
 
-def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> float | None:
-    """Moves this step on: None when it is done (Succeeded or Skipped, saved), else the delay
-    before the next look. Intent is saved before the write; the outcome after it."""
+def rollout_deadline(step: PlanStep, obj: dict, started: datetime.datetime) -> datetime.datetime:
+    seconds = DEFAULT_PROGRESS_DEADLINE_SECONDS
+    if step.target.kind == "Deployment":
+        seconds = obj.get("spec", {}).get("progressDeadlineSeconds") or seconds
+    return started + datetime.timedelta(seconds=seconds + DEADLINE_MARGIN_SECONDS)
+
+
+def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
+    """Intent is saved before the write, the outcome after it; then the step waits on a watch of
+    the workload until the rollout is done, failed, or past its deadline."""
     what = f"{step.target.kind} {step.target.name}"
-    if rec.state == StepState.PENDING.value:
-        if step.action == StepAction.NO_OP.value:
-            rec.state = StepState.SKIPPED.value
-            rec.finished_at = ctx.clock()
-            rec.message = f"{what} already runs revision {step.to_revision}'s template; nothing to change."
-            ctx.save()
-            ctx.emit("Normal", C.ALREADY_AT_REVISION, rec.message)
-            return None
-        rec.state = StepState.RUNNING.value
-        rec.attempts += 1
-        rec.started_at = rec.started_at or ctx.clock()
-        rec.message = f"Restoring {what} to revision {step.to_revision}'s template."
-        ctx.condition(C.APPLICATION_RESTORED, "False", C.EXECUTING, rec.message)
-        ctx.save()   # intent, before the write
+    if rec.state == StepState.PENDING.value and step.action == StepAction.NO_OP.value:
+        ctx.skip(step, rec, f"{what} already runs revision {step.to_revision}'s template; nothing to change.",
+                 C.ALREADY_AT_REVISION, emit=True)
+        return None
+    ctx.begin(step, rec, f"Restoring {what} to revision {step.to_revision}'s template.", C.APPLICATION_RESTORED)
 
     if rec.state == StepState.RUNNING.value:
         how = apply(ctx.kube, ctx.namespace, step, ctx.uid)
-        rec.state = StepState.WAITING.value
         done = "was already patched" if how == "adopted" else "patched"
+        rec.state = StepState.WAITING.value
         rec.message = f"{what} {done} to revision {step.to_revision}'s template; waiting for the rollout."
         ctx.condition(C.APPLICATION_RESTORED, "False", C.ROLLOUT_IN_PROGRESS, rec.message)
-        ctx.save()
-        ctx.emit("Normal", "Restoring", rec.message)
+        # The outcome is saved with the first look at the rollout (below): one write, not two.
 
-    state, revision = check_rollout(ctx.kube, ctx.namespace, step, rec.started_at)
+    state, revision, obj = check_rollout(ctx.kube, ctx.namespace, step, rec.started_at)
     if state.failed:
         raise StepFailed(C.ROLLOUT_FAILED, state.message)
     if not state.done:
-        limit = rec.started_at + datetime.timedelta(seconds=DEFAULT_PROGRESS_DEADLINE_SECONDS)
-        if step.target.kind != "Deployment" and ctx.clock() > limit:
-            raise StepFailed(C.ROLLOUT_FAILED, f"{what} did not finish rolling out within "
-                                               f"{DEFAULT_PROGRESS_DEADLINE_SECONDS}s: {state.message}")
-        if rec.message != state.message:
-            rec.message = state.message
-            ctx.save()
-        return ROLLOUT_POLL_SECONDS
-    rec.state = StepState.SUCCEEDED.value
-    rec.finished_at = ctx.clock()
+        def too_late() -> None:
+            raise StepFailed(C.ROLLOUT_FAILED, f"{what} did not finish rolling out by its deadline: {state.message}")
+        kind = KINDS[step.target.kind]
+        return ctx.waiting(step, rec, state.message, rollout_deadline(step, obj, rec.started_at),
+                           look_again=LOOK_AGAIN_SECONDS, on_deadline=too_late,
+                           watch=Watched(kind.resource, step.target.name, obj["metadata"].get("resourceVersion")))
     rec.restored_revision = revision
-    rec.message = (f"{what} runs revision {step.to_revision}'s template again"
-                   f"{f' (as revision {revision})' if revision else ''}; {state.message}.")
-    ctx.save()
-    ctx.emit("Normal", C.ROLLED_BACK, rec.message)
+    ctx.succeed(step, rec, f"{what} runs revision {step.to_revision}'s template again"
+                           f"{f' (as revision {revision})' if revision else ''}; {state.message}.", C.ROLLED_BACK)
     return None

@@ -79,7 +79,7 @@ def _history(args) -> int:
 
 
 def _report(args) -> int:
-    from rewind import report
+    from rewind import incident
     from rewind.adapters.kube import ROLLBACKS, Kube, KubeError, load_api_client
     from rewind.steps.report import CONFIG_MAPS, KEY
 
@@ -102,7 +102,7 @@ def _report(args) -> int:
     else:
         print("note: the rollback is not over yet; this is its report so far, rendered from its "
               "status", file=sys.stderr)
-    sys.stdout.write(report.render(rb))
+    sys.stdout.write(incident.render(rb))
     return 0
 
 

@@ -19,7 +19,7 @@ from helpers import (
     wait_phase,
 )
 from rewind_testbed.receivers import SmtpReceiver, WebhookReceiver
-from rewind import report
+from rewind import incident
 
 pytestmark = pytest.mark.cluster
 
@@ -205,7 +205,7 @@ def test_notifications_are_routed_retried_and_never_doubled(cluster, api_client,
             fresh = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
                 "rewind.dev", "v1alpha1", namespace, "rollbacks", "told")
             text = client.CoreV1Api(api_client).read_namespaced_config_map(cm_name, namespace).data["report.md"]
-            return text if text == report.render(fresh) and "| broken | Succeeded | Failed |" in text else None
+            return text if text == incident.render(fresh) and "| broken | Succeeded | Failed |" in text else None
         text = wait_for("the report of the settled status", settled_report, timeout=30)
         cm = client.CoreV1Api(api_client).read_namespaced_config_map(cm_name, namespace)
         assert cm.metadata.owner_references[0].uid == uid

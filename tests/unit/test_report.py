@@ -3,7 +3,7 @@ says. (The operator test checks the ConfigMap the operator wrote against the liv
 
 from __future__ import annotations
 
-from rewind import report
+from rewind import incident
 
 
 def _rollback(**status):
@@ -47,7 +47,7 @@ def _rollback(**status):
 
 
 def test_the_report_follows_the_seed_template_and_the_status():
-    text = report.render(_rollback())
+    text = incident.render(_rollback())
     sections = [line for line in text.splitlines() if line.startswith("## ")]
     assert sections == ["## Incident Summary", "## Trigger", "## Timeline", "## Actions Taken", "## Verification",
                         "## Notifications", "## Resolution Time", "## Lessons Learned", "## Follow-up Actions"]
@@ -79,7 +79,7 @@ def test_a_failed_rollback_says_so_and_lists_the_failure_as_follow_up():
          "message": "The rollback did not complete."}])
     rb["status"]["steps"][2] |= {"state": "Failed", "message": "answered 500, expected 200"}
     rb["status"]["verification"][0] |= {"outcome": "Failed", "detail": "answered 500, expected 200"}
-    text = report.render(rb)
+    text = incident.render(rb)
     assert "**Outcome:** Failed (VerificationFailed)" in text
     assert "Step verify/http/health failed: answered 500." in text.split("## Incident Summary")[1]
     assert "- [ ] Step verify/http/health failed: answered 500, expected 200" in text
@@ -97,15 +97,15 @@ def test_steps_not_run_after_a_failure_are_not_ticked():
     steps[2] |= {"state": "Skipped", "reason": "NotRun", "message": "Not run: step maintenance/enter failed."}
     steps[3] |= {"state": "Succeeded", "message": "the maintenance exit hook answered 200."}
     rb["status"]["verification"] = []
-    actions = report.render(rb).split("## Actions Taken")[1].split("## ")[0]
+    actions = incident.render(rb).split("## Actions Taken")[1].split("## ")[0]
     assert "- [ ] Maintenance mode entered" in actions
     assert "- [ ] Application rollback executed: deployment/appointmentbooking" in actions
     assert "- [x] Maintenance mode exited" in actions
     assert "- [ ] Verification completed: 0 of 1 check(s) passed, 1 not run" in actions
-    assert "- [ ] Check verify/http/health did not run; verify by hand." in report.render(rb)
+    assert "- [ ] Check verify/http/health did not run; verify by hand." in incident.render(rb)
 
 
 def test_a_workload_already_at_its_revision_counts_as_done():
     rb = _rollback()
     rb["status"]["steps"][1] |= {"state": "Skipped", "message": "already runs revision 1's template"}
-    assert "- [x] Application rollback executed" in report.render(rb)
+    assert "- [x] Application rollback executed" in incident.render(rb)

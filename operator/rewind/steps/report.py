@@ -1,4 +1,4 @@
-"""Writes the incident report (rewind.report) into a ConfigMap owned by the Rollback, and keeps it
+"""Writes the incident report (rewind.incident) into a ConfigMap owned by the Rollback, and keeps it
 current: once the rollback is over, and again whenever what it reports changes afterwards (a
 notification sent late)."""
 
@@ -8,7 +8,7 @@ import datetime
 import hashlib
 import logging
 
-from rewind import report
+from rewind import incident
 from rewind.adapters.kube import Kube, KubeError, Resource
 from rewind.api.v1alpha1 import GROUP, VERSION, ReportRef
 from rewind.context import Context, Wait
@@ -34,7 +34,7 @@ def sync(ctx: Context) -> Wait | None:
     """Writes the report when it changed. After a failure it is tried again every few seconds until
     a deadline (in status.report), then given up with the reason: `kubectl rewind report` still
     renders it from status."""
-    text = report.render(ctx.obj | {"status": ctx.status.dump()})
+    text = incident.render(ctx.obj | {"status": ctx.status.dump()})
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     if ctx.status.report and (ctx.status.report.sha256 == digest or gave_up(ctx.status.report, ctx.clock())):
         return None

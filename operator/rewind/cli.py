@@ -57,8 +57,8 @@ def _crd(args) -> int:
 
 
 def _history(args) -> int:
+    from rewind import history
     from rewind.adapters.kube import Kube, load_api_client
-    from rewind.steps import secrets
 
     kind, _, name = args.target.partition("/")
     if kind not in ("secret", "secrets") or not name:
@@ -66,22 +66,23 @@ def _history(args) -> int:
         return 2
     kube = Kube(load_api_client(args.kubeconfig))
     namespace = args.namespace or _current_namespace(args.kubeconfig)
-    entries = secrets.history(kube, namespace, name)
+    entries = history.history(kube, namespace, name)
     if not entries:
-        print(f"no history for Secret {namespace}/{name} (label it {secrets.TRACK_LABEL}=true)")
+        print(f"no history for Secret {namespace}/{name} (label it {history.TRACK_LABEL}=true)")
         return 1
     print(f"{'REVISION':<9} {'RECORDED':<21} {'HASH':<20} KEYS")
     for e in entries:
         ann = e["metadata"].get("annotations") or {}
-        print(f"{secrets.revision_of(e):<9} {ann.get('rewind.dev/recorded-at', '-'):<21} "
-              f"{ann.get(secrets.HASH_ANNOTATION, '-')[:19]:<20} {', '.join(secrets.key_summary(e))}")
+        print(f"{history.revision_of(e):<9} {ann.get('rewind.dev/recorded-at', '-'):<21} "
+              f"{ann.get(history.HASH_ANNOTATION, '-')[:19]:<20} {', '.join(history.key_summary(e))}")
     return 0
 
 
 def _report(args) -> int:
     from rewind import incident
     from rewind.adapters.kube import ROLLBACKS, Kube, KubeError, load_api_client
-    from rewind.steps.report import CONFIG_MAPS, KEY
+    from rewind.adapters.kube import CONFIG_MAPS
+    from rewind.steps.report import KEY
 
     kube = Kube(load_api_client(args.kubeconfig))
     namespace = args.namespace or _current_namespace(args.kubeconfig)

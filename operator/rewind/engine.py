@@ -17,7 +17,8 @@ from rewind.api.v1alpha1 import (
     TERMINAL_PHASES, NotificationEvent, Phase, PlanStep, ReportRef, StepAction, StepKind, StepRecord, StepState,
 )
 from rewind import registry
-from rewind.context import Context, StepFailed, Wait, earliest, utcnow
+from rewind.api.errors import ReasonedError
+from rewind.context import Context, Wait, earliest, utcnow
 from rewind.steps import hooks, notifications, report
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def _plan(ctx: Context) -> Wait | None:
     for preflight in registry.PREFLIGHTS:
         try:
             result = preflight(ctx.kube, ctx.request)
-        except StepFailed as e:
+        except ReasonedError as e:   # StepFailed, or an adapter's own error (same shape)
             problems.append(e)
             continue
         found += result.steps
@@ -138,7 +139,7 @@ def _execute(ctx: Context) -> Wait | None:
             continue
         try:
             wait = registry.ADVANCE[StepKind(step.kind)](ctx, step, rec)
-        except StepFailed as e:
+        except ReasonedError as e:   # StepFailed, or an adapter's own error (same shape)
             _record_failure(ctx, step, rec, e.reason, e.message)
             continue
         if wait is not None:

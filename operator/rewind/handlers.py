@@ -21,14 +21,15 @@ import kopf
 
 from rewind import engine
 from rewind.context import Wait, utcnow
-from rewind.steps import secrets
-from rewind.adapters.kube import MERGE_PATCH, ROLLBACKS, Kube, KubeError, Resource, load_api_client, merge_diff
+from rewind import history
+from rewind.adapters.kube import (
+    EVENTS, MERGE_PATCH, ROLLBACKS, Kube, KubeError, build_event, load_api_client, merge_diff,
+)
 from rewind.api.errors import ReasonedError
 from rewind.api.v1alpha1 import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
-EVENTS = Resource("", "v1", "events")
 MAX_CONSECUTIVE_ERRORS = 12   # with backoff 2, 4, ... 30 s: about five minutes
 GIVE_UP_ATTEMPTS = 5          # recording the failure itself, 60 s apart; then the log says it
 WATCH_SLICE = 5.0             # a wait's watch is renewed this often, so a stop is seen soon
@@ -68,19 +69,9 @@ def _emitter(k: Kube, obj: dict):
 
     def emit(type_: str, reason: str, message: str) -> None:
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Rollback",
-                               "name": meta["name"], "namespace": meta["namespace"],
-                               "uid": meta["uid"]},
-            "type": type_, "reason": reason, "message": message[:1024],
-            "source": {"component": "rewind"}, "reportingComponent": "rewind.dev/operator",
-            "reportingInstance": host[:128], "firstTimestamp": now, "lastTimestamp": now,
-            "count": 1,
-        }
+        involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Rollback", "metadata": meta}
         try:
-            k.create(EVENTS, meta["namespace"], event)
+            k.create(EVENTS, meta["namespace"], build_event(involved, type_, reason, message, host, now))
         except KubeError as e:
             log.warning("could not post Event %s for %s/%s: %s", reason, meta["namespace"],
                         meta["name"], e)
@@ -254,14 +245,14 @@ def on_delete(body, namespace: str, name: str, **_) -> None:
                                   delay=max(MIN_WAIT, wait.seconds(utcnow())))
 
 
-@kopf.on.event("v1", "secrets", labels={secrets.TRACK_LABEL: "true"})
+@kopf.on.event("v1", "secrets", labels={history.TRACK_LABEL: "true"})
 def track_secret(body, type: str | None, **_) -> None:
     """Secret history: every change of a tracked Secret is kept as an immutable copy. (An event
     handler keeps no state on the Secret: kopf's diff-base annotation would hold its data.)"""
     if type not in (None, "ADDED", "MODIFIED") or body["metadata"].get("deletionTimestamp"):
         return
     try:
-        revision = secrets.record(kube(), dict(body))
+        revision = history.record(kube(), dict(body))
     except KubeError as e:
         log.warning("could not record the history of Secret %s/%s: %s", body["metadata"]["namespace"],
                     body["metadata"]["name"], _describe(e))

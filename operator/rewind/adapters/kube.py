@@ -73,6 +73,36 @@ STATEFULSETS = Resource("apps", "v1", "statefulsets")
 DAEMONSETS = Resource("apps", "v1", "daemonsets")
 CONTROLLER_REVISIONS = Resource("apps", "v1", "controllerrevisions")
 ROLLBACKS = Resource("rewind.dev", "v1alpha1", "rollbacks")
+SECRETS = Resource("", "v1", "secrets")
+SERVICES = Resource("", "v1", "services")
+CONFIG_MAPS = Resource("", "v1", "configmaps")
+EVENTS = Resource("", "v1", "events")
+PODS = Resource("", "v1", "pods")
+JOBS = Resource("batch", "v1", "jobs")
+
+
+def owner_reference(obj: dict, controller: bool = False) -> dict:
+    """An ownerReference to `obj` (a Rollback, a Secret): what it owns goes when it goes."""
+    meta = obj["metadata"]
+    ref = {"apiVersion": obj.get("apiVersion", "v1"), "kind": obj.get("kind", ""),
+           "name": meta["name"], "uid": meta["uid"]}
+    if controller:
+        ref["controller"] = True
+    return ref
+
+
+def build_event(involved: dict, type_: str, reason: str, message: str, instance: str, at: str) -> dict:
+    """A core/v1 Event about `involved`, from Rewind (one per outcome; never a secret in it)."""
+    meta = involved["metadata"]
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"],
+                           "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+        "type": type_, "reason": reason, "message": message[:1024],
+        "source": {"component": "rewind"}, "reportingComponent": "rewind.dev/operator",
+        "reportingInstance": instance[:128], "firstTimestamp": at, "lastTimestamp": at, "count": 1,
+    }
 
 
 def merge_diff(old: Any, new: Any) -> Any:

@@ -10,10 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from rewind.adapters.kube import Kube, KubeError, Resource
-
-JOBS = Resource("batch", "v1", "jobs")
-PODS = Resource("", "v1", "pods")
+from rewind.adapters.kube import JOBS, PODS, Kube, KubeError, owner_reference
 
 COMPONENT_LABEL = "rewind.dev/component"
 COMPONENT = "database-job"
@@ -31,8 +28,7 @@ def build_job(*, name: str, rollback: dict, step: str, image: str, script: str,
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {
             "name": name, "namespace": meta["namespace"], "labels": labels,
-            "ownerReferences": [{"apiVersion": rollback["apiVersion"], "kind": "Rollback",
-                                 "name": meta["name"], "uid": meta["uid"], "controller": True}],
+            "ownerReferences": [owner_reference(rollback, controller=True)],
         },
         "spec": {
             "backoffLimit": 0,

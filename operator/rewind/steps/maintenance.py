@@ -7,17 +7,16 @@ from __future__ import annotations
 import hashlib
 
 from rewind.adapters import http
-from rewind.adapters.kube import JSON_PATCH, Kube, KubeError, Resource
+from rewind.adapters.kube import JSON_PATCH, SERVICES, Kube, KubeError, Resource
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
     HttpCall, PlanStep, StepAction, StepKind, StepRecord, TargetRef,
 )
 from rewind.context import Context, Found, Request, StepFailed, Wait
-from rewind.steps.secrets import read_key
+from rewind.adapters.secrets import read_key
 from rewind.steps import hooks
 from rewind.steps.hooks import ENTER, EXIT, HookFailed
 
-SERVICES = Resource("", "v1", "services")
 
 
 def preflight(kube: Kube, req: Request) -> Found:

@@ -8,19 +8,18 @@ from __future__ import annotations
 import datetime
 
 from rewind.adapters import alertmanager, http
-from rewind.adapters.kube import MERGE_PATCH, Kube, KubeError, Resource
+from rewind.adapters.kube import DEPLOYMENTS, MERGE_PATCH, STATEFULSETS, Kube, KubeError
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
     PlanStep, StepAction, StepKind, StepRecord, TargetRef,
 )
 from rewind.context import Context, Found, Request, StepFailed, Wait
-from rewind.steps.secrets import read_key, read_secret
+from rewind.adapters.secrets import read_key, read_secret
 from rewind.steps import hooks
 from rewind.steps.hooks import RESUME, SUSPEND, HookFailed
 from rewind.steps.maintenance import get_checked
 
-WORKLOADS = {"Deployment": Resource("apps", "v1", "deployments"),
-             "StatefulSet": Resource("apps", "v1", "statefulsets")}
+WORKLOADS = {"Deployment": DEPLOYMENTS, "StatefulSet": STATEFULSETS}
 
 
 def preflight(kube: Kube, req: Request) -> Found:

@@ -22,7 +22,7 @@ from rewind.api.v1alpha1 import (
     Notification, NotificationEvent, NotificationRecord, NotificationState, SecretKeyRef,
 )
 from rewind.context import Context, Found, Request, StepFailed, Wait
-from rewind.steps.secrets import read_key
+from rewind.adapters.secrets import read_key
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,12 @@ import hashlib
 import logging
 
 from rewind import incident
-from rewind.adapters.kube import Kube, KubeError, Resource
-from rewind.api.v1alpha1 import GROUP, VERSION, ReportRef
+from rewind.adapters.kube import CONFIG_MAPS, Kube, KubeError, owner_reference
+from rewind.api.v1alpha1 import ReportRef
 from rewind.context import Context, Wait
 
 log = logging.getLogger(__name__)
 
-CONFIG_MAPS = Resource("", "v1", "configmaps")
 KEY = "report.md"
 
 
@@ -44,8 +43,7 @@ def sync(ctx: Context) -> Wait | None:
         "metadata": {"name": name, "namespace": ctx.namespace,
                      "labels": {"rewind.dev/rollback-uid": ctx.uid,
                                 "rewind.dev/component": "incident-report"},
-                     "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "Rollback",
-                                          "name": ctx.name, "uid": ctx.uid}]},
+                     "ownerReferences": [owner_reference(ctx.obj)]},
         "data": {KEY: text},
     }
     try:

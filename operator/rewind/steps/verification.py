@@ -19,7 +19,7 @@ from rewind.api.v1alpha1 import (
     VerificationResult,
 )
 from rewind.context import Context, Found, Request, StepFailed, Wait
-from rewind.steps.secrets import read_key
+from rewind.adapters.secrets import read_key
 
 
 def preflight(kube: Kube, req: Request) -> Found:

@@ -54,6 +54,8 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.networking.error_backoffs = [0.5, 1, 2, 5]
     # One daemon thread per unfinished Rollback (most of them waiting on a watch).
     settings.execution.max_workers = int(os.environ.get("REWIND_MAX_WORKERS", 200))
+    # Only tracked Secrets are listed and watched, filtered by the API server, not by kopf.
+    settings.watching.label_selectors["v1", "secrets"] = f"{history.TRACK_LABEL}=true"
     settings.watching.inactivity_timeout = float(os.environ.get("REWIND_WATCH_INACTIVITY_TIMEOUT", 300))
     kube()
 

@@ -23,8 +23,11 @@ OPERATOR_SA = "rewind-operator"
 def rollback_crd(cluster):
     """The committed CRD, installed the way a user installs it."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/rollbacks.rewind.dev")
+    # kubectl wait errors out at once (".status.conditions accessor error") while the new CRD has
+    # no conditions yet, instead of waiting: ask again until it answers.
+    wait_for("CRD established", lambda: cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=10s", "crd/rollbacks.rewind.dev",
+        check=False).returncode == 0, timeout=60)
     wait_for("rollbacks served", lambda: cluster.kubectl(
         "get", "rollbacks", "-A", check=False).returncode == 0, timeout=30)
     return CRD
@@ -49,25 +52,38 @@ def operator_role(cluster, api_client):
 
 def _operator_kubeconfig(cluster, api_client, namespace: str, role: str, path: Path) -> Path:
     """A kubeconfig with a real ServiceAccount token; the role bound in `namespace` only."""
-    import yaml
     from kubernetes import client
 
     client.RbacAuthorizationV1Api(api_client).create_namespaced_role_binding(namespace, {
         "metadata": {"name": "rewind-operator"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
         "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NS}]})
+    return _service_account_kubeconfig(cluster, api_client, OPERATOR_NS, OPERATOR_SA, path,
+                                       namespace=namespace)
+
+
+def _service_account_kubeconfig(cluster, api_client, sa_namespace: str, sa_name: str, path: Path,
+                                namespace: str | None = None) -> Path:
+    """A kubeconfig (mode 0600) that authenticates as the ServiceAccount `sa_namespace/sa_name`
+    with a real token from the TokenRequest API, as a pod of that ServiceAccount would; its
+    context's default namespace is `namespace` (none when None). Binds nothing."""
+    import yaml
+    from kubernetes import client
+
     token = client.CoreV1Api(api_client).create_namespaced_service_account_token(
-        OPERATOR_SA, OPERATOR_NS, {"spec": {"expirationSeconds": 3600}}).status.token
+        sa_name, sa_namespace, {"spec": {"expirationSeconds": 3600}}).status.token
     admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
     ctx_name = admin["current-context"]
     ctx = next(c["context"] for c in admin["contexts"] if c["name"] == ctx_name)
     cl = next(c for c in admin["clusters"] if c["name"] == ctx["cluster"])
+    context = {"cluster": cl["name"], "user": "rewind-operator"}
+    if namespace:
+        context["namespace"] = namespace
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [cl],
         "users": [{"name": "rewind-operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": cl["name"], "user": "rewind-operator",
-                                                      "namespace": namespace}}],
+        "contexts": [{"name": "operator", "context": context}],
         "current-context": "operator",
     }))
     path.chmod(0o600)
@@ -75,23 +91,38 @@ def _operator_kubeconfig(cluster, api_client, namespace: str, role: str, path: P
 
 
 class Operator:
-    """`rewind run` as a separate process, so a test can SIGKILL it and start it again."""
+    """`rewind run` as a separate process, so a test can SIGKILL it and start it again.
 
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path):
+    By default it watches `namespace` only, verbosely, with a short watch inactivity timeout.
+    With `args` it runs the installed `rewind` program (the image's entrypoint) with exactly those
+    arguments plus `--kubeconfig`, and the environment as it is: no --namespace, no --verbose,
+    no test settings (for the manifests' own args, cluster-wide)."""
+
+    def __init__(self, kubeconfig: Path, namespace: str | None, log: Path,
+                 args: list[str] | None = None):
         self.kubeconfig, self.namespace, self.log = kubeconfig, namespace, log
+        self.args = args
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+
+    def command(self) -> list[str]:
+        if self.args is None:
+            return [sys.executable, "-m", "rewind.cli", "run", "--namespace", self.namespace,
+                    "--kubeconfig", str(self.kubeconfig), "--verbose"]
+        script = Path(sys.executable).with_name("rewind")   # the console script pip installed
+        program = [str(script)] if script.exists() else [sys.executable, "-m", "rewind.cli"]
+        return [*program, *self.args, "--kubeconfig", str(self.kubeconfig)]
 
     def start(self) -> "Operator":
         self.starts += 1
         out = open(self.log, "ab")
-        out.write(f"\n===== operator start #{self.starts} =====\n".encode())
+        out.write(f"\n===== operator start #{self.starts}: {' '.join(self.command())} =====\n".encode())
         out.flush()
-        env = {**os.environ, "REWIND_WATCH_INACTIVITY_TIMEOUT": "30"}
+        env = dict(os.environ)
+        if self.args is None:
+            env["REWIND_WATCH_INACTIVITY_TIMEOUT"] = "30"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rewind.cli", "run", "--namespace", self.namespace,
-             "--kubeconfig", str(self.kubeconfig), "--verbose"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         out.close()
         return self
 
@@ -137,3 +168,28 @@ def idle_operator(cluster, api_client, namespace, rollback_crd, operator_role, t
 def operator(idle_operator):
     """The operator, running."""
     return idle_operator.start()
+
+
+@pytest.fixture
+def operator_as(cluster, api_client, operator_role, tmp_path):
+    """Factory: `operator_as(service_account, args)` -> an Operator (not started yet) running the
+    `rewind` program with exactly `args` plus --kubeconfig, holding a real token of the
+    ServiceAccount `service_account` in `operator_as.namespace` (rewind-test-system; the shipped
+    ClusterRoles are in place). It binds nothing: the test binds what it means to test. Stopped
+    at teardown."""
+    started: list[Operator] = []
+
+    def make(service_account: str, args: list[str]) -> Operator:
+        kubeconfig = _service_account_kubeconfig(cluster, api_client, OPERATOR_NS, service_account,
+                                                 tmp_path / f"{service_account}.kubeconfig")
+        op = Operator(kubeconfig, None, tmp_path / f"{service_account}.log", args=args)
+        print(f"operator: {' '.join(op.command())}\noperator log: {op.log}")
+        started.append(op)
+        return op
+
+    make.namespace = OPERATOR_NS
+    yield make
+    for op in started:
+        op.stop()
+        if op.proc and op.proc.returncode not in (0, -signal.SIGKILL, -signal.SIGTERM):
+            print(op.output()[-5000:])

@@ -21,6 +21,7 @@ from rewind_testbed.postgres import PostgresServer, find_bindir
 
 def _up(args) -> int:
     run_dir = Path(args.dir or tempfile.mkdtemp(prefix="rewind-dev-"))
+    run_dir.mkdir(parents=True, exist_ok=True)  # --dir may name a directory that is not there yet
     run_dir.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
     t0 = time.monotonic()
     bin_dir = build_binaries()

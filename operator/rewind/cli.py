@@ -13,11 +13,31 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from rewind import __version__
 
 REPO_CRD = Path(__file__).resolve().parents[2] / "crds" / "rollbacks.rewind.dev.yaml"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (for log collectors): time, level, logger, message; kopf's
+    per-object context, when present, as `object`."""
+
+    converter = time.gmtime
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+               "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        k8s = getattr(record, "k8s_ref", None)
+        if k8s:
+            out["object"] = {k: k8s.get(k) for k in ("namespace", "name", "uid") if k8s.get(k)}
+        if record.exc_info:
+            out["exception"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+        return json.dumps(out)
 
 
 def _run(args) -> int:
@@ -28,11 +48,18 @@ def _run(args) -> int:
         os.environ["REWIND_KUBECONFIG"] = args.kubeconfig
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if args.log_format == "json":
+        for h in logging.getLogger().handlers:
+            h.setFormatter(JsonFormatter())
     # httpx logs every request's URL at INFO (and httpcore more at DEBUG); webhook and hook URLs
     # are secrets, so neither may log below WARNING, even with --verbose.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
     import rewind.handlers  # noqa: F401 - registers the handlers
+
+    if args.metrics_address:
+        from rewind import metrics
+        metrics.serve(args.metrics_address)
 
     kopf.run(
         standalone=True,
@@ -129,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="watch only this namespace (repeatable); default: all namespaces")
     run.add_argument("--kubeconfig", help="kubeconfig to use (default: in-cluster, then $KUBECONFIG)")
     run.add_argument("--liveness", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--metrics-address", metavar="HOST:PORT",
+                     help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. :8081")
+    run.add_argument("--log-format", choices=("text", "json"), default="text",
+                     help="log lines as text (default) or one JSON object per line")
     run.add_argument("--verbose", "-v", action="store_true")
     run.set_defaults(func=_run)
     crd = sub.add_parser("crd", help="render the Rollback CRD from the models")

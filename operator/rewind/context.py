@@ -17,7 +17,7 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from rewind import crashpoints
+from rewind import crashpoints, metrics
 from rewind.api import conditions as C
 from rewind.api.errors import ReasonedError
 from rewind.api.v1alpha1 import Condition, PlanStep, Rollback, StepRecord, StepState
@@ -199,6 +199,7 @@ class Context:
         rec.state, rec.finished_at, rec.message = StepState.SUCCEEDED.value, self.clock(), message
         rec.deadline = rec.next_attempt_at = None
         self.save()
+        metrics.observe_step(step.kind, rec)
         crashpoints.reach(f"{step.kind}:after-outcome")
         if emit and reason:
             self.emit("Normal", reason, message)

@@ -16,7 +16,7 @@ from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
     TERMINAL_PHASES, NotificationEvent, Phase, PlanStep, ReportRef, StepAction, StepKind, StepRecord, StepState,
 )
-from rewind import registry
+from rewind import metrics, registry
 from rewind.api.errors import ReasonedError
 from rewind.context import Context, Wait, earliest, utcnow
 from rewind.steps import hooks, notifications, report
@@ -43,7 +43,7 @@ def advance(ctx: Context) -> Wait | None:
     return earliest(wait, retry, rewrite)
 
 
-def pending(obj: dict) -> bool:
+def pending(obj) -> bool:
     """Whether a Rollback, as the API server has it, still has work for the operator: not
     finished, or finished with notifications or its report still to go out. Reads nothing."""
     status = obj.get("status") or {}
@@ -121,8 +121,39 @@ def _describe(step: PlanStep) -> str:
 # --- execution -------------------------------------------------------------------------------
 
 
+ABORT_ANNOTATION = "rewind.dev/abort"
+
+
+def abort_requested(obj: dict) -> str | None:
+    """Who asked to stop the rollback (the annotation's value), or None."""
+    return (obj["metadata"].get("annotations") or {}).get(ABORT_ANNOTATION)
+
+
+def _abort(ctx: Context, who: str) -> None:
+    """Stops between steps: no step that has not started starts; a step waiting for a rollout or a
+    Job stops waiting (its write stays done); a step in the middle of its side effect finishes it
+    first. The cleanup steps (exit maintenance, resume monitoring) still run."""
+    now, changed = ctx.clock(), False
+    for s, rec in zip(ctx.status.plan, ctx.status.steps):
+        if s.cleanup or rec.state in planning.FINISHED_STATES or rec.state == StepState.RUNNING.value:
+            continue
+        if rec.state == StepState.WAITING.value:
+            rec.state = StepState.FAILED.value
+            rec.message = f"Aborted by {who} while waiting ({rec.message}); what this step wrote stays written."
+        else:
+            rec.state, rec.message = StepState.SKIPPED.value, f"Not run: the rollback was aborted by {who}."
+        rec.reason, rec.finished_at, rec.deadline = C.ABORTED, now, None
+        changed = True
+    if changed:
+        ctx.save()
+        ctx.emit("Warning", C.ABORTED, f"Rollback aborted by {who}: no further step starts; the hooks are undone.")
+
+
 def _execute(ctx: Context) -> Wait | None:
     _check_deadline(ctx)
+    who = abort_requested(ctx.obj)
+    if who:
+        _abort(ctx, who)
     while True:
         i = planning.current_index(ctx.status.steps)
         if i is None:
@@ -192,6 +223,7 @@ def _record_failure(ctx: Context, step: PlanStep, rec: StepRecord, reason: str, 
     rec.finished_at = ctx.clock()
     rec.message, rec.reason = message, reason
     rec.deadline = rec.next_attempt_at = None
+    metrics.observe_step(step.kind, rec)
     domain = registry.DOMAINS.get(StepKind(step.kind))
     if domain:
         ctx.condition(domain, "False", reason, message)
@@ -218,6 +250,9 @@ def _finish(ctx: Context) -> None:
             hooks_note = " " + " ".join(f"{r.name}: {r.message}" for _, r in cleanup
                                         if r.state == StepState.SUCCEEDED.value and r.message)
     failed = _first_failure(ctx)
+    if not failed and any(r.reason == C.ABORTED for r in ctx.status.steps):
+        return _terminal(ctx, Phase.FAILED, C.ABORTED, f"Aborted by {abort_requested(ctx.obj)} between steps; "
+                         "the steps that had run stay done." + hooks_note)
     if not failed and any(r.reason == C.DELETED for r in ctx.status.steps):
         return _terminal(ctx, Phase.FAILED, C.DELETED, "The Rollback was deleted before it finished; "
                          "the steps that had run stay done." + hooks_note)
@@ -350,6 +385,11 @@ def _terminal(ctx: Context, phase: Phase, reason: str, message: str, ready: bool
         notifications.queue(ctx, NotificationEvent.SUCCEEDED if ready else NotificationEvent.FAILED,
                             f"{phase.value}: {message}")
     ctx.save()
+    severity = ctx.rollback.spec.severity
+    metrics.ROLLBACKS_FINISHED.labels(severity, phase.value, reason).inc()
+    if phase != Phase.PLANNED:
+        metrics.TIME_TO_RESTORE.labels(severity, phase.value).observe((now - ctx.status.started_at).total_seconds())
+        metrics.WITHIN_TARGET.labels(severity, str(bool(ctx.status.within_target)).lower()).inc()
     ctx.emit("Normal" if ready else "Warning", reason, message)
     log.info("rollback %s/%s is %s: %s", ctx.namespace, ctx.name, phase.value, message)
     return None

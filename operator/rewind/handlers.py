@@ -19,9 +19,8 @@ import traceback
 
 import kopf
 
-from rewind import engine
+from rewind import crashpoints, engine, history, metrics
 from rewind.context import Wait, utcnow
-from rewind import history
 from rewind.adapters.kube import (
     EVENTS, MERGE_PATCH, ROLLBACKS, Kube, KubeError, build_event, load_api_client, merge_diff,
 )
@@ -49,6 +48,7 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="rewind.dev", key="last-handled-configuration")
     settings.persistence.finalizer = "rewind.dev/finalizer"
+    metrics.LEADER.set(1)   # standalone: this process drives every Rollback it watches
     # Events are Rewind's own, one per step outcome; kopf's log-to-Event mirroring would double them.
     settings.posting.enabled = False
     settings.networking.error_backoffs = [0.5, 1, 2, 5]
@@ -154,12 +154,15 @@ def run(stopped, body, namespace: str, name: str, **_) -> None:
             obj = _read(k, namespace, name)
             if obj is None or obj["metadata"].get("deletionTimestamp"):
                 return            # gone, or going: the deletion handler takes over
-            wait = engine.advance(_context(k, obj))
+            ctx = _context(k, obj)
+            wait = engine.advance(ctx)
+            metrics.track(ctx.uid, ctx.status.phase if wait is not None else None, ctx.rollback.spec.severity)
             errors = 0
         except Conflict:
             wait = Wait(at=utcnow(), reason="the Rollback changed while it was being written; re-reading it")
         except Exception as e:  # noqa: BLE001 - any other failure is retried with backoff, then recorded
             errors += 1
+            metrics.ERRORS.inc()
             what = _describe(e)
             log.warning("rollback %s/%s: error %d of %d: %s", namespace, name, errors,
                         MAX_CONSECUTIVE_ERRORS, what)
@@ -187,14 +190,15 @@ def run(stopped, body, namespace: str, name: str, **_) -> None:
             wait = Wait(at=utcnow() + datetime.timedelta(seconds=delay), reason=f"retrying after: {what}")
         if wait is None:
             return
-        _wait(k, namespace, wait, stopped)
+        _wait(k, namespace, wait, stopped, aborted=lambda: bool(engine.abort_requested(body))
+              and not engine.abort_requested(obj or body))
 
 
-def _wait(k: Kube, namespace: str, wait: Wait, stopped) -> None:
-    """Until `wait.at`, or until its watched object changes, or until the daemon is stopped. Only
-    reads: a watch request every WATCH_SLICE seconds at most."""
+def _wait(k: Kube, namespace: str, wait: Wait, stopped, aborted=lambda: False) -> None:
+    """Until `wait.at`, or until its watched object changes, an abort is asked for, or the daemon
+    is stopped. Only reads: a watch request every WATCH_SLICE seconds at most."""
     first = True
-    while not stopped:
+    while not stopped and not aborted():
         remaining = (wait.at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
         if remaining <= 0:
             if first:
@@ -245,6 +249,7 @@ def on_delete(body, namespace: str, name: str, **_) -> None:
         # deletion until then.
         raise kopf.TemporaryError("undoing the hooks before the Rollback goes",
                                   delay=max(MIN_WAIT, wait.seconds(utcnow())))
+    crashpoints.reach("Delete:before-finalizer-removed")
 
 
 @kopf.on.event("v1", "secrets", labels={history.TRACK_LABEL: "true"})

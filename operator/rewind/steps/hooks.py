@@ -15,6 +15,7 @@ import datetime
 from typing import Callable
 
 from rewind.api.v1alpha1 import HookStatus, PlanStep, StepRecord, StepState
+from rewind.api.errors import ReasonedError
 from rewind.context import Context, StepFailed, Wait
 
 ENTER, EXIT, SUSPEND, RESUME = "maintenance/enter", "maintenance/exit", "monitoring/suspend", "monitoring/resume"
@@ -54,7 +55,7 @@ def run(ctx: Context, step: PlanStep, rec: StepRecord, actions_for: Callable[[Co
         if key not in done:
             try:
                 done[key] = action()
-            except StepFailed as e:
+            except ReasonedError as e:
                 errors.append(e)
                 if not step.cleanup:
                     break        # entering stops at the first failure; undoing tries everything
@@ -63,7 +64,7 @@ def run(ctx: Context, step: PlanStep, rec: StepRecord, actions_for: Callable[[Co
         messages.append(done[key])
     if errors:
         message = "; ".join(e.message for e in errors)
-        if not any(e.retryable for e in errors) or rec.attempts >= ATTEMPTS[step.name]:
+        if not any(getattr(e, "retryable", False) for e in errors) or rec.attempts >= ATTEMPTS[step.name]:
             if messages:
                 message += f" (done: {'; '.join(messages)})"
             raise StepFailed(errors[0].reason, f"{message} (after {rec.attempts} attempt(s))")

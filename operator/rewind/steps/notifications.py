@@ -16,12 +16,14 @@ import hashlib
 import logging
 import time
 
+from rewind import crashpoints, metrics
 from rewind.adapters import notify
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
     Notification, NotificationEvent, NotificationRecord, NotificationState, SecretKeyRef,
 )
-from rewind.context import Context, Found, Request, StepFailed, Wait
+from rewind.api.errors import ReasonedError
+from rewind.context import Context, Found, Request, Wait
 from rewind.adapters.secrets import read_key
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 SEND_TIMEOUT = 5.0
 BUDGET = 8.0      # seconds of sending per engine call; what is left waits for the next call
+CLAIM = datetime.timedelta(seconds=2 * SEND_TIMEOUT)   # an attempt's lease: longer than a send takes
 
 
 def _matches(n: Notification, event: str, severity: str) -> bool:
@@ -68,7 +71,7 @@ def preflight(kube, req: Request) -> Found:
         for ref in refs:
             try:
                 read_key(kube, req.namespace, ref.name, ref.key, f"the Secret of notification {n.name}")
-            except StepFailed as e:
+            except ReasonedError as e:
                 warnings.append(f"notification {n.name} will fail: {e.message}")
     return Found(warnings=warnings)
 
@@ -85,7 +88,16 @@ def deliver(ctx: Context) -> Wait | None:
         for rec in due:
             if time.monotonic() - started > BUDGET:
                 break    # the rest goes out on the next call: sending must not hold up the steps
+            # The claim: this attempt is counted and the entry leased before anything is sent, in a
+            # write guarded by resourceVersion, so of two operator instances only one sends it
+            # (the other's write conflicts and it re-reads). A crash while sending leaves the lease
+            # to run out, then the entry goes out again under the same idempotency key.
+            rec.attempts += 1
+            rec.next_attempt_at = ctx.clock() + CLAIM
+            ctx.save()
+            crashpoints.reach("Notification:before-send")
             _attempt(ctx, channels.get(rec.channel), rec)
+            crashpoints.reach("Notification:after-send")
             _condition(ctx)
             ctx.save()   # each outcome at once: a later failure must not make it send again
     pending = [r.next_attempt_at for r in ctx.status.notifications
@@ -97,14 +109,13 @@ def deliver(ctx: Context) -> Wait | None:
 
 
 def _attempt(ctx: Context, channel: Notification | None, rec: NotificationRecord) -> None:
-    rec.attempts += 1
     now = ctx.clock()
     if channel is None:
         result = notify.Delivery(False, False, f"channel {rec.channel} is no longer in the spec")
     else:
         try:
             result = _send(ctx, channel, rec)
-        except StepFailed as e:
+        except ReasonedError as e:
             result = notify.Delivery(False, False, e.message)
         except Exception as e:  # noqa: BLE001 - a notification never fails the rollback
             log.warning("%s/%s: sending the %s notification to %s failed: %s", ctx.namespace, ctx.name,
@@ -116,9 +127,11 @@ def _attempt(ctx: Context, channel: Notification | None, rec: NotificationRecord
         return
     rec.last_error = result.detail[:512]
     if result.retryable and rec.attempts < MAX_ATTEMPTS:
+        metrics.NOTIFICATION_FAILURES.labels(rec.event, "false").inc()
         rec.next_attempt_at = now + datetime.timedelta(seconds=2 ** rec.attempts)
         return
     rec.state, rec.next_attempt_at = NotificationState.FAILED.value, None
+    metrics.NOTIFICATION_FAILURES.labels(rec.event, "true").inc()
     ctx.emit("Warning", "NotificationFailed", f"The {rec.event} notification to {rec.channel} failed "
              f"after {rec.attempts} attempt(s): {rec.last_error}. The rollback is not affected.")
 

@@ -17,6 +17,7 @@ from rewind.api.v1alpha1 import (
     StepRecord, StepState, TargetRef,
 )
 from rewind import crashpoints
+from rewind.api.errors import ReasonedError
 from rewind.context import Context, Found, Request, StepFailed
 from rewind.history import HASH_ANNOTATION, TRACK_LABEL, data_hash, history, key_summary, record, revision_of
 from rewind.steps import certificates, consumers
@@ -94,7 +95,7 @@ def resolve(kube: Kube, namespace: str, targets: list[SecretTarget],
             changes.append(SecretChange(name=t.name, source=source_name, from_hash=data_hash(current),
                                         to_hash=data_hash(source), keys=key_summary(source),
                                         fingerprint=fp))
-        except StepFailed as e:
+        except ReasonedError as e:
             problems.append(e)
     if problems:
         raise StepFailed(problems[0].reason, "; ".join(p.message for p in problems))
@@ -146,7 +147,7 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> None:
                 raise StepFailed(C.CONFLICT if e.status in (409, 422) else C.OPERATOR_ERROR,
                                  f"writing Secret {c.name} failed ({e.status} {e.reason})") from None
             written.append(c.name)
-    except StepFailed as e:
+    except ReasonedError as e:
         _undo(ctx, step, written)
         raise StepFailed(e.reason, f"{e.message}; every Secret was put back as it was "
                                    f"({', '.join(written) or 'none had been written'})") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 
+from rewind import metrics
 from rewind.adapters import db, http, sqlcheck, tls
 from rewind.adapters.kube import Kube
 from rewind.adapters.measurement import Measurement
@@ -18,6 +19,7 @@ from rewind.api.v1alpha1 import (
     PlanStep, RollbackSpec, SqlCheck, TlsCheck, StepAction, StepKind, StepRecord, StepState, TargetRef,
     VerificationResult,
 )
+from rewind.api.errors import ReasonedError
 from rewind.context import Context, Found, Request, StepFailed, Wait
 from rewind.adapters.secrets import read_key
 
@@ -107,7 +109,7 @@ def _measure(ctx: Context, step: PlanStep, check) -> tuple[str, Measurement]:
     conn = check.connection or spec.database.connection
     try:
         url = _url(ctx.kube, ctx.namespace, check, conn.secret_ref)
-    except StepFailed as e:
+    except ReasonedError as e:
         return "SQL", Measurement("Inconclusive", e.message)
     return "SQL", sqlcheck.measure(url, check)
 
@@ -146,6 +148,7 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
         outcome = "Passed"
     ctx.status.verification = [v for v in ctx.status.verification if v.name != step.name] + [
         VerificationResult(name=step.name, kind=kind, outcome=outcome, detail=rec.message, checked_at=now)]
+    metrics.VERIFICATIONS.labels(kind, outcome).inc()
     if outcome != "Passed":
         reason = "VerificationFailed" if outcome == "Failed" else "VerificationInconclusive"
         what = "failed" if outcome == "Failed" else "was inconclusive"

@@ -36,6 +36,7 @@ from rewind.api.v1alpha1 import (
     PREVIOUS, PlanStep, StepAction, StepKind, StepRecord, StepState, TargetRef, WorkloadTarget,
 )
 from rewind import crashpoints
+from rewind.api.errors import ReasonedError
 from rewind.context import Context, Found, Request, StepFailed, Wait, Watched
 
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
@@ -296,7 +297,7 @@ def preflight(kube: Kube, req: Request) -> Found:
     for target in req.spec.application or []:
         try:
             steps.append(resolve(kube, req.namespace, target).step)
-        except StepFailed as e:
+        except ReasonedError as e:
             problems.append(e)
     if problems:
         raise StepFailed(problems[0].reason, "; ".join(p.message for p in problems))

@@ -5,6 +5,8 @@
     rewind history secret/NAME [-n NS]                    a tracked Secret's recorded versions
                                                           (key names, sizes, hashes; never values)
     rewind report NAME [-n NS]                            a Rollback's incident report
+    rewind get|describe|watch|plan|abort ...              the incident commands (rewind/commands/);
+                                                          `kubectl rewind COMMAND --help` for each
 """
 
 from __future__ import annotations
@@ -61,11 +63,23 @@ def _run(args) -> int:
         from rewind import metrics
         metrics.serve(args.metrics_address)
 
+    peering = {}
+    if args.peering:
+        # Leader election through kopf's peering: the replica with the highest priority drives
+        # rollbacks, the others stand by. Older replicas rank higher, so a restarted replica
+        # (the newest) never preempts a running leader; it only takes over when the leader's
+        # keep-alive lapses (--peering-lifetime seconds).
+        priority = -time.time_ns() // 1000
+        os.environ.update(REWIND_PEERING=args.peering, REWIND_PEERING_LIFETIME=str(args.peering_lifetime),
+                          REWIND_PEERING_PRIORITY=str(priority),
+                          REWIND_PEERING_NAMESPACE=(args.namespace or [""])[0])
+        peering = {"standalone": False, "peering_name": args.peering, "priority": priority}
     kopf.run(
-        standalone=True,
+        standalone=not args.peering,
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
         liveness_endpoint=args.liveness,
+        **{k: v for k, v in peering.items() if k != "standalone"},
     )
     return 0
 
@@ -145,9 +159,12 @@ def _current_namespace(kubeconfig: str | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rewind.commands import EXIT_CODES_HELP, register
+
     parser = argparse.ArgumentParser(
         prog="rewind",
         description="Rewind: roll a broken production system back to a known-good state.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--version", action="version", version=f"rewind {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -156,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="watch only this namespace (repeatable); default: all namespaces")
     run.add_argument("--kubeconfig", help="kubeconfig to use (default: in-cluster, then $KUBECONFIG)")
     run.add_argument("--liveness", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--peering", metavar="NAME",
+                     help="run with other replicas: leader election through the kopf peering object "
+                          "NAME (ClusterKopfPeering when cluster-wide, KopfPeering in each watched "
+                          "namespace); default: standalone, a single replica")
+    run.add_argument("--peering-lifetime", type=int, default=10, metavar="SECONDS",
+                     help="how long a replica's keep-alive counts; a standby takes over this long "
+                          "after the leader stops (default 10)")
     run.add_argument("--metrics-address", metavar="HOST:PORT",
                      help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. :8081")
     run.add_argument("--log-format", choices=("text", "json"), default="text",
@@ -175,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--namespace", "-n")
     rep.add_argument("--kubeconfig")
     rep.set_defaults(func=_report)
+    register(sub)
     return parser
 
 

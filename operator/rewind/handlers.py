@@ -15,6 +15,8 @@ import datetime
 import logging
 import os
 import socket
+import threading
+import time
 import traceback
 
 import kopf
@@ -22,7 +24,7 @@ import kopf
 from rewind import crashpoints, engine, history, metrics
 from rewind.context import Wait, utcnow
 from rewind.adapters.kube import (
-    EVENTS, MERGE_PATCH, ROLLBACKS, Kube, KubeError, build_event, load_api_client, merge_diff,
+    EVENTS, MERGE_PATCH, ROLLBACKS, Kube, KubeError, Resource, build_event, load_api_client, merge_diff,
 )
 from rewind.api.errors import ReasonedError
 from rewind.api.v1alpha1 import GROUP, PLURAL, VERSION
@@ -48,7 +50,14 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="rewind.dev", key="last-handled-configuration")
     settings.persistence.finalizer = "rewind.dev/finalizer"
-    metrics.LEADER.set(1)   # standalone: this process drives every Rollback it watches
+    lifetime = os.environ.get("REWIND_PEERING_LIFETIME")
+    if lifetime:
+        settings.peering.lifetime = int(lifetime)
+        settings.peering.mandatory = True    # no peering object: fail, never run unguarded
+        settings.peering.stealth = True      # keep-alives are not logged
+        threading.Thread(target=_leadership, name="leadership", daemon=True).start()
+    else:
+        metrics.LEADER.set(1)   # standalone: this process drives every Rollback it watches
     # Events are Rewind's own, one per step outcome; kopf's log-to-Event mirroring would double them.
     settings.posting.enabled = False
     settings.networking.error_backoffs = [0.5, 1, 2, 5]
@@ -58,6 +67,30 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.watching.label_selectors["v1", "secrets"] = f"{history.TRACK_LABEL}=true"
     settings.watching.inactivity_timeout = float(os.environ.get("REWIND_WATCH_INACTIVITY_TIMEOUT", 300))
     kube()
+
+
+CLUSTER_PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings")
+NAMESPACED_PEERINGS = Resource("kopf.dev", "v1", "kopfpeerings")
+
+
+def _leadership() -> None:
+    """Keeps the `rewind_leader` gauge true to kopf's peering: 1 while no live replica has a
+    higher priority than this one (so kopf lets this one drive), 0 while it stands by."""
+    name, mine = os.environ["REWIND_PEERING"], int(os.environ["REWIND_PEERING_PRIORITY"])
+    namespace = os.environ.get("REWIND_PEERING_NAMESPACE") or None
+    lifetime = int(os.environ["REWIND_PEERING_LIFETIME"])
+    while True:
+        try:
+            obj = kube().get(NAMESPACED_PEERINGS if namespace else CLUSTER_PEERINGS, namespace, name)
+            now = datetime.datetime.now(datetime.timezone.utc)
+            live = [p for p in (obj.get("status") or {}).values() if isinstance(p, dict) and p.get("lastseen")
+                    and datetime.datetime.fromisoformat(p["lastseen"]) + datetime.timedelta(
+                        seconds=p.get("lifetime", 60)) > now]
+            metrics.LEADER.set(int(any(p.get("priority") == mine for p in live)
+                                   and all(p.get("priority", 0) <= mine for p in live)))
+        except Exception as e:  # noqa: BLE001 - the gauge waits for the next look
+            log.debug("cannot read the peering %s: %s", name, _describe(e))
+        time.sleep(max(1, lifetime / 2))
 
 
 @kopf.on.login()

@@ -108,11 +108,33 @@ def namespace(request, api_client) -> str:
                 raise
             time.sleep(0.2)
     yield name
+    _release_rollbacks(api_client, name)
     try:
         core.delete_namespace(name)
     except client.ApiException as e:
         if e.status != 404:
             raise
+
+
+def _release_rollbacks(api_client, namespace: str) -> None:
+    """The test's operator is gone by now: without this, kopf's finalizer would hold its Rollbacks
+    (and the namespace, in Terminating) for the rest of the session, where a later cluster-wide
+    operator would find them."""
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(api_client)
+    try:
+        items = api.list_namespaced_custom_object("rewind.dev", "v1alpha1", namespace, "rollbacks")["items"]
+    except client.ApiException:
+        return    # no Rollback CRD in this session
+    for rb in items:
+        if rb["metadata"].get("finalizers"):
+            try:
+                api.patch_namespaced_custom_object("rewind.dev", "v1alpha1", namespace, "rollbacks",
+                                                   rb["metadata"]["name"], {"metadata": {"finalizers": None}})
+            except client.ApiException as e:
+                if e.status != 404:
+                    raise
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Rewind's tests and demo need on a fresh machine, and reuses what is there:
 #   - PostgreSQL server (Debian's `postgresql` package) for the database tests;
+#   - shellcheck (Debian's `shellcheck`), which a unit test runs on the database Jobs' scripts;
 #   - a Python virtual environment in .venv with the pinned packages;
 #   - the test control plane, built from the Go module proxy into ~/.cache/rewind (testbed/build.sh).
 # Safe to run again: each part is skipped when it is already in place.
@@ -8,11 +9,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { echo "[bootstrap] $*" >&2; }
 
+apt_packages=()
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${REWIND_PG_BINDIR:-}" ]; then
-  log "installing PostgreSQL (Debian package postgresql)"
+  apt_packages+=(postgresql)
+fi
+command -v shellcheck >/dev/null || apt_packages+=(shellcheck)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  log "installing ${apt_packages[*]} (Debian packages)"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_packages[@]}" >/dev/null
 fi
 
 python=${PYTHON:-python3}

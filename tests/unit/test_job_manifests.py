@@ -4,7 +4,8 @@ secretKeyRef, never as a value in the Job spec; the pod meets Pod Security `rest
 import json
 
 from rewind.api.v1alpha1 import DatabaseSpec
-from rewind.steps import database, jobs
+from rewind.steps import jobs
+from rewind.steps.database import job, names
 
 ROLLBACK = {"apiVersion": "rewind.dev/v1alpha1", "kind": "Rollback",
             "metadata": {"name": "rb", "namespace": "booking", "uid": "0f1e2d3c-0000-4000-8000-000000000000"}}
@@ -14,12 +15,12 @@ SPEC = DatabaseSpec.model_validate({
 
 
 def _all_jobs():
-    for name, script in (("check", database.CHECK_SCRIPT), ("backup", database.BACKUP_SCRIPT),
-                         ("restore", database.RESTORE_SCRIPT)):
-        yield jobs.build_job(name=database.job_name(ROLLBACK["metadata"]["uid"], name), rollback=ROLLBACK,
+    for name, script in (("check", job.CHECK_SCRIPT), ("backup", job.BACKUP_SCRIPT),
+                         ("restore", job.RESTORE_SCRIPT)):
+        yield jobs.build_job(name=names.job_name(ROLLBACK["metadata"]["uid"], name), rollback=ROLLBACK,
                              step=name, image=SPEC.image, script=script,
-                             env=database._job_env(SPEC, "nightly/x.dump", "db-backups:nightly/x.dump",
-                                                   TARGET_DB="booking_restore_0f1e2d3c"),
+                             env=job.env(SPEC, "nightly/x.dump", "db-backups:nightly/x.dump",
+                                         TARGET_DB="booking_restore_0f1e2d3c"),
                              claim_name="db-backups", deadline_seconds=600, read_only_backups=True)
 
 

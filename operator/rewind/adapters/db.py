@@ -221,9 +221,17 @@ def sessions(conn: psycopg.Connection, name: str) -> int:
                         (name,)).fetchone()[0]
 
 
-def end_sessions(conn: psycopg.Connection, name: str, terminate: bool, wait_seconds: float = 10) -> int:
-    """Terminates the database's other sessions (when allowed) and waits for them to go; returns
-    how many remain. A session this role may not end (a superuser's) simply remains."""
+# A terminated backend exits within milliseconds: a short look settles the usual case. Sessions
+# that stay longer are the caller's to wait for, on its own timer, without holding its thread.
+END_SESSIONS_WITHIN_SECONDS = 0.5
+END_SESSIONS_POLL_SECONDS = 0.05
+
+
+def end_sessions(conn: psycopg.Connection, name: str, terminate: bool,
+                 wait_seconds: float = END_SESSIONS_WITHIN_SECONDS) -> int:
+    """Terminates the database's other sessions (when allowed) and gives them `wait_seconds` at
+    most to go; returns how many remain. A session this role may not end (a superuser's) simply
+    remains."""
     deadline = time.monotonic() + wait_seconds
     while True:
         if terminate:
@@ -236,9 +244,9 @@ def end_sessions(conn: psycopg.Connection, name: str, terminate: bool, wait_seco
                 except psycopg.errors.InsufficientPrivilege:
                     pass
         left = sessions(conn, name)
-        if left == 0 or time.monotonic() > deadline:
+        if left == 0 or time.monotonic() >= deadline:
             return left
-        time.sleep(0.2)
+        time.sleep(END_SESSIONS_POLL_SECONDS)
 
 
 def swap(conn: psycopg.Connection, *, live: str, staging: str, pre: str, uid: str,

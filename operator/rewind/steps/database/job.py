@@ -1,0 +1,71 @@
+"""What the three steps that run in a Job (check, backup, restore) share: the scripts, the
+container's environment, get-or-create of the Job, and the wait for it.
+
+The work is done in Jobs because pg_dump and pg_restore must run next to the backups' volume and
+with the server's own client version; the operator only reads the outcome. The scripts are shell
+files beside this module, so that shellcheck reads them as shell (tests/unit runs it on them) and
+a person does too; each is loaded once, after scripts/common.sh, and goes whole into the Job as
+`sh -c`'s argument.
+"""
+
+from __future__ import annotations
+
+import datetime
+from importlib import resources
+from typing import Callable
+
+from rewind import crashpoints
+from rewind.api.v1alpha1 import DatabaseSpec, PlanStep, StepRecord
+from rewind.context import Context, Wait, Watched
+from rewind.steps import jobs
+from rewind.steps.database import state
+
+# A watch on the Job wakes the step when it finishes; a pod that cannot start (a bad image) shows
+# only on the pod, so the step also looks every few seconds.
+LOOK_AGAIN_SECONDS = 5.0
+DEADLINE_MARGIN_SECONDS = 60
+
+
+def _script(name: str) -> str:
+    folder = resources.files(__package__) / "scripts"
+    return "".join((folder / f).read_text(encoding="utf-8") for f in ("common.sh", f"{name}.sh"))
+
+
+CHECK_SCRIPT = _script("check")
+BACKUP_SCRIPT = _script("backup")
+RESTORE_SCRIPT = _script("restore")
+
+
+def env(spec: DatabaseSpec, dump_path: str, dump_ref: str, **extra: str) -> list[dict]:
+    """The container's environment: the URL only as a secretKeyRef, never as a value."""
+    ref = spec.connection.secret_ref
+    out = [jobs.secret_env("DATABASE_URL", ref.name, ref.key),
+           {"name": "DUMP_PATH", "value": f"{jobs.MOUNT}/{dump_path}"},
+           {"name": "DUMP_REF", "value": dump_ref}]
+    out += [{"name": k, "value": v} for k, v in extra.items()]
+    return out
+
+
+def wait(ctx: Context, step: PlanStep, rec: StepRecord, message: str,
+         outcome: jobs.JobOutcome | None = None) -> Wait:
+    """The step waits for its Job: woken by a watch on the Job, bounded by the Job's own deadline."""
+    deadline = rec.started_at + datetime.timedelta(
+        seconds=state.spec(ctx).job_deadline_seconds + DEADLINE_MARGIN_SECONDS)
+    rv = outcome.resource_version if outcome else None
+    return ctx.waiting(step, rec, message, deadline, look_again=LOOK_AGAIN_SECONDS,
+                       watch=Watched(jobs.JOBS, step.job_name, rv))
+
+
+def run(ctx: Context, step: PlanStep, rec: StepRecord, manifest: Callable[[], dict],
+        what: str) -> jobs.JobOutcome | Wait:
+    """Get-or-create the step's Job; a Wait while it runs, else its outcome. For the steps whose
+    Job is harmless to run again (check reads only; backup never overwrites a dump); the restore
+    fences its Job in the ledger instead."""
+    outcome = jobs.job_outcome(ctx.kube, ctx.namespace, step.job_name)
+    if outcome.state == "missing":
+        how = jobs.ensure_job(ctx.kube, manifest())
+        crashpoints.reach(f"{step.kind}:after-job-created")
+        return wait(ctx, step, rec, f"Job {step.job_name} {how}: {what}.")
+    if outcome.state == "running":
+        return wait(ctx, step, rec, rec.message or f"Job {step.job_name}: {what}.", outcome)
+    return outcome

@@ -1,0 +1,36 @@
+"""Every name a rollback gives a database, a Job or a dump derives from its UID, so a restarted
+operator finds what an earlier run made instead of making it again, and two rollbacks of the
+same database never collide. Database names are cut to stay within PostgreSQL's 63 bytes."""
+
+from __future__ import annotations
+
+from rewind.api.v1alpha1 import DatabaseSpec
+
+
+def uid8(uid: str) -> str:
+    return uid.replace("-", "")[:8]
+
+
+def staging_name(live: str, uid: str) -> str:
+    return f"{live[:40]}_restore_{uid8(uid)}"
+
+
+def pre_name(live: str, uid: str) -> str:
+    return f"{live[:44]}_pre_{uid8(uid)}"
+
+
+def job_name(uid: str, what: str) -> str:
+    return f"rewind-{uid8(uid)}-{what}"
+
+
+def staging_comment(uid: str) -> str:
+    """The mark that tells Rewind's staging database from one that merely has its name."""
+    return f"rewind:{uid}:staging"
+
+
+def backup_to(spec: DatabaseSpec, namespace: str, name: str, uid: str) -> tuple[str, str]:
+    """(claim, path) of the pre-rollback dump: where the spec says, else next to the backups."""
+    if spec.backup_to:
+        return spec.backup_to.claim_name, spec.backup_to.path
+    return (spec.restore_from.persistent_volume_claim.claim_name,
+            f"rewind/{namespace}/{name}-{uid8(uid)}/pre-rollback.dump")

@@ -1,0 +1,56 @@
+"""The database's part of the plan, and the preflight that must pass before any of it runs: a
+rollback that cannot finish (no Secret, a server that refuses us, a role that may not rename,
+a staging name someone else took) is refused while nothing has changed yet."""
+
+from __future__ import annotations
+
+from rewind.adapters import db
+from rewind.adapters.kube import Kube
+from rewind.api import conditions as C
+from rewind.api.v1alpha1 import DatabaseSpec, PlanStep, StepAction, StepKind, TargetRef
+from rewind.context import Found, Request, StepFailed
+from rewind.steps.database import connection
+from rewind.steps.database.connection import MAINTENANCE_DB
+from rewind.steps.database.names import job_name, pre_name, staging_comment, staging_name
+
+
+def preflight(kube: Kube, req: Request) -> Found:
+    """The database's steps, when the spec has a database."""
+    if not req.spec.database:
+        return Found()
+    return Found(steps=resolve(kube, req.namespace, req.uid, req.spec.database))
+
+
+def resolve(kube: Kube, ns: str, uid: str, spec: DatabaseSpec) -> list[PlanStep]:
+    """Preflight: the Secret, the URL, the server, the names. Reads only; raises StepFailed."""
+    target = connection.target(kube, ns, spec)
+    live = target.dbname
+    with connection.connect(target) as conn:
+        conn.execute("SELECT 1")
+    with connection.connect(target, MAINTENANCE_DB) as conn:
+        connection.call(db.ensure_ledger, conn)
+        if not db.can_swap(conn, live):
+            raise StepFailed(C.FORBIDDEN, f"role {target.user!r} may not rename database {live!r}: "
+                                          "it needs CREATEDB and to own the database (or be superuser)")
+        for name, what in ((staging_name(live, uid), "staging"), (pre_name(live, uid), "pre-rollback")):
+            exists, comment = db.database_comment(conn, name)
+            if exists and comment != staging_comment(uid):
+                raise StepFailed("StagingNameTaken", f"the {what} database name {name!r} is already "
+                                                     "taken by a database Rewind did not create")
+    target_ref = TargetRef(kind="Database", name=live)
+    steps = [PlanStep(name="database/check", kind=StepKind.DATABASE_CHECK, target=target_ref,
+                      action=StepAction.RESTORE, job_name=job_name(uid, "check"))]
+    if spec.pre_rollback_backup:
+        steps.append(PlanStep(name="database/backup", kind=StepKind.DATABASE_BACKUP, target=target_ref,
+                              action=StepAction.RESTORE, job_name=job_name(uid, "backup")))
+    steps.append(PlanStep(name="database/restore", kind=StepKind.DATABASE_RESTORE, target=target_ref,
+                          action=StepAction.RESTORE, job_name=job_name(uid, "restore")))
+    if spec.verify:
+        steps.append(PlanStep(name="database/verify", kind=StepKind.DATABASE_VERIFY,
+                              target=target_ref, action=StepAction.RESTORE))
+    for action in spec.after_restore or []:
+        steps.append(PlanStep(name=f"database/action/{action.name}", kind=StepKind.DATABASE_ACTION,
+                              target=target_ref, action=StepAction.RESTORE, spec_key=action.name))
+    steps.append(PlanStep(name="database/swap", kind=StepKind.DATABASE_SWAP, target=target_ref,
+                          action=StepAction.RESTORE))
+    return steps

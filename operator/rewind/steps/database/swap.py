@@ -1,0 +1,101 @@
+"""The swap: the verified staging database takes the live name, and the old live database is
+kept as <db>_pre_<uid8>. Two renames and the ledger's move to `swapped` commit in one
+transaction, so after any crash the catalog and the ledger agree: nothing was renamed (the swap
+runs again) or all of it was (it is adopted). Nothing is dropped.
+
+PostgreSQL renames only a database nobody is connected to. The live database is closed to new
+sessions, its sessions are ended (terminateConnections) or left to go on their own; those that
+remain are waited for on a timer, the live database staying closed meanwhile (opening it between
+looks would let a connection pool straight back in), for SESSIONS_WAIT at most. Whenever the swap
+gives up or fails, the live database is opened again before the step's failure is recorded:
+production is never left closed by a swap that did not happen. What this module cannot cover: an
+operator that crashes mid-way leaves it closed until it is back and runs the step again, and a
+Rollback deleted while the step waits leaves it closed (the engine marks the step Interrupted
+without calling it again): `ALTER DATABASE <db> WITH ALLOW_CONNECTIONS true` by hand.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from rewind import crashpoints
+from rewind.adapters import db
+from rewind.api import conditions as C
+from rewind.api.v1alpha1 import PlanStep, StepRecord
+from rewind.context import Context, StepFailed, Wait
+from rewind.steps.database import connection, state
+from rewind.steps.database.connection import MAINTENANCE_DB
+from rewind.steps.database.names import pre_name, staging_comment, staging_name
+
+# How long production may stay closed to new sessions while the remaining ones end.
+SESSIONS_WAIT = datetime.timedelta(seconds=10)
+SESSIONS_LOOK_AGAIN_SECONDS = 1.0
+
+
+def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
+    spec = state.spec(ctx)
+    live = step.target.name
+    staging, pre = staging_name(live, ctx.uid), pre_name(live, ctx.uid)
+    ctx.begin(step, rec, f"Swapping {staging} in as {live}; the current {live} becomes {pre}.", C.DATABASE_RESTORED)
+    target = connection.target(ctx.kube, ctx.namespace, spec)
+    with connection.connect(target, MAINTENANCE_DB) as conn:
+        connection.call(db.ensure_ledger, conn)
+        if not db.try_lock(conn, f"rewind:{ctx.uid}:swap"):
+            return connection.locked(ctx, step)
+        fence = db.ledger_state(conn, ctx.uid, "swap")
+        if fence != "swapped":
+            if fence is None:
+                db.ledger_advance(conn, ctx.uid, "swap", None, "swapping")
+            exists, comment = db.database_comment(conn, staging)
+            if not exists or comment != staging_comment(ctx.uid):
+                raise StepFailed(C.INTERRUPTED, f"the staging database {staging} is not there as "
+                                                "Rewind left it; nothing was renamed")
+            db.set_allow_connections(conn, live, False)
+            try:
+                left = db.end_sessions(conn, live, spec.terminate_connections)
+                if left:
+                    return _sessions_wait(ctx, step, rec, live, left, spec.terminate_connections)
+                crashpoints.reach("DatabaseSwap:before-rename")
+                connection.call(db.swap, conn, live=live, staging=staging, pre=pre, uid=ctx.uid,
+                                ledger_step="swap")
+                crashpoints.reach("DatabaseSwap:after-rename")
+            except BaseException:
+                _reopen_after_failed_swap(target, live, ctx.uid)
+                raise
+        db.set_allow_connections(conn, live, True)
+        db.set_allow_connections(conn, pre, True)
+    st = state.status(ctx)
+    st.live_database, st.staging_database, st.pre_rollback_database = live, None, pre
+    st.swapped_at = ctx.clock()
+    message = f"{live} now holds the restored data; the previous {live} is kept as {pre}."
+    ctx.condition(C.DATABASE_RESTORED, "True", "Swapped", message)
+    ctx.succeed(step, rec, message, "DatabaseSwapped")
+    return None
+
+
+def _sessions_wait(ctx: Context, step: PlanStep, rec: StepRecord, live: str, left: int,
+                   terminate: bool) -> Wait:
+    """Sessions remain on the live database: look again shortly, until the deadline set at the
+    first look (kept in status, so a restarted operator does not wait longer); then SwapBlocked."""
+    why = "" if terminate else " (terminateConnections is false)"
+
+    def give_up() -> None:
+        raise StepFailed("SwapBlocked", f"{left} session(s) on {live} did not end{why}; "
+                                        f"nothing was renamed and {live} accepts connections again")
+
+    deadline = rec.deadline or ctx.clock() + SESSIONS_WAIT
+    return ctx.waiting(step, rec, f"Waiting for {left} session(s) on {live} to end{why}; {live} "
+                       "refuses new connections meanwhile.", deadline,
+                       look_again=SESSIONS_LOOK_AGAIN_SECONDS, on_deadline=give_up)
+
+
+def _reopen_after_failed_swap(target: db.Target, live: str, uid: str) -> None:
+    """Production must not stay closed because a swap failed: on a fresh connection (the old one
+    may be what failed), allow connections to the live database again, unless the swap did commit
+    (then `live` is the restored database and the next attempt adopts it)."""
+    try:
+        with db.connect(target, MAINTENANCE_DB) as conn:
+            if db.ledger_state(conn, uid, "swap") != "swapped" and db.database_comment(conn, live)[0]:
+                db.set_allow_connections(conn, live, True)
+    except db.DatabaseError:
+        pass   # unreachable right now; the retry of this step allows connections again either way

@@ -188,6 +188,7 @@ def abandon(ctx: Context) -> Wait | None:
         if s.cleanup or rec.state in planning.FINISHED_STATES:
             continue
         if rec.state == StepState.RUNNING.value:
+            _release(ctx, s, rec)
             rec.state, rec.message = StepState.INTERRUPTED.value, ("The Rollback was deleted while this "
                                                                    "step ran; check its target.")
         else:
@@ -197,6 +198,19 @@ def abandon(ctx: Context) -> Wait | None:
     wait = _execute(ctx)
     notifications.deliver(ctx)
     return wait
+
+
+def _release(ctx: Context, step: PlanStep, rec: StepRecord) -> None:
+    """A step stopped mid-way that will not run again undoes what must not stay (the swap opens
+    production again); a failure to do so is logged and left to the step's Interrupted message."""
+    release = registry.RELEASE.get(StepKind(step.kind))
+    if release is None:
+        return
+    try:
+        release(ctx, step, rec)
+    except Exception as e:  # noqa: BLE001 - the step is Interrupted either way; a person checks
+        log.error("rollback %s/%s: could not release step %s (%s); check its target by hand",
+                  ctx.namespace, ctx.name, step.name, type(e).__name__)
 
 
 def _first_failure(ctx: Context) -> StepRecord | None:
@@ -323,8 +337,9 @@ def give_up(ctx: Context, message: str) -> bool:
     now = ctx.clock()
     pairs = list(zip(ctx.status.plan, ctx.status.steps))
     main = [(s, r) for s, r in pairs if not s.cleanup]
-    for _, rec in main:
+    for s, rec in main:
         if rec.state == StepState.RUNNING.value:
+            _release(ctx, s, rec)
             rec.state, rec.finished_at, rec.reason = StepState.INTERRUPTED.value, now, C.INTERRUPTED
             rec.message = (f"Interrupted: {message} Check its target, then create a new Rollback; "
                            "the step ledger in status shows how far it got.")

@@ -48,6 +48,12 @@ PREFLIGHTS: tuple[Preflight, ...] = (
     workload.preflight, verification.preflight, notifications.preflight,
 )
 
+# What to undo when the engine stops a step of this kind mid-way (Running) and will not call it
+# again: the Rollback deleted, or given up after repeated errors.
+RELEASE: dict[StepKind, Callable[[Context, PlanStep, StepRecord], None]] = {
+    StepKind.DATABASE_SWAP: database.release_swap,
+}
+
 # The domain condition a failed step of each kind sets to False.
 DOMAINS: dict[StepKind, str] = {
     StepKind.WORKLOAD_REVISION: C.APPLICATION_RESTORED,

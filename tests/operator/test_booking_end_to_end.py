@@ -20,7 +20,7 @@ from rewind_testbed.certs import issue
 from dbhelpers import pg_bin
 from helpers import audit_writes, condition, kubectl_apply, rolled_out, wait_for, wait_phase
 from rewind_testbed.receivers import SmtpReceiver, WebhookReceiver, server_tls_context
-from rewind import incident
+from rewind import incident as incident_report
 from rewind_testbed.booking import BookingApp, localize
 
 pytestmark = [pytest.mark.cluster, pytest.mark.postgres]
@@ -173,7 +173,7 @@ def test_the_booking_rollback_end_to_end(cluster, api_client, namespace, postgre
                 "rewind.dev", "v1alpha1", ns, "rollbacks", NAME)
             text = client.CoreV1Api(api_client).read_namespaced_config_map(
                 fresh["status"]["report"]["configMapRef"], ns).data["report.md"]
-            return text if text == incident.render(fresh) else None
+            return text if text == incident_report.render(fresh) else None
         text = wait_for("the report of the settled status", settled_report, timeout=30)
         out = subprocess.run([sys.executable, "-m", "rewind.cli", "report", NAME, "-n", ns,
                               "--kubeconfig", str(cluster.kubeconfig)], capture_output=True, text=True, check=True)

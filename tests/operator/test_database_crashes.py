@@ -181,3 +181,59 @@ def test_live_sessions_that_will_not_end_block_the_swap(cluster, api_client, pos
     assert checksums(postgres, live) == scene["before"]
     assert allows_connections(postgres, live)
     assert not [n for n in database_names(postgres) if "_pre_" in n and uid8(rb) in n]
+
+
+def test_a_rollback_deleted_while_the_swap_waits_leaves_production_open(cluster, api_client, postgres, scene,
+                                                                       operator):
+    """The swap closes the live database while its sessions end; deleting the Rollback then must
+    not leave production closed: the engine releases the step (opens it again), nothing renamed."""
+    ns, live = scene["ns"], scene["db"]
+    holder = postgres.connect(live)
+    try:
+        kubectl_apply(cluster, ns, db_rollback("deleted", terminateConnections=False))
+        wait_for("swap waiting on the live database's sessions",
+                 lambda: not allows_connections(postgres, live), timeout=180, interval=0.05)
+        cluster.kubectl("delete", "rollback", "deleted", "-n", ns, "--wait=false")
+        wait_for("the Rollback gone", lambda: cluster.kubectl(
+            "get", "rollback", "deleted", "-n", ns, check=False).returncode != 0, timeout=60)
+        assert holder.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        holder.close()
+    assert allows_connections(postgres, live)
+    assert checksums(postgres, live) == scene["before"]
+    assert not [n for n in database_names(postgres) if "_pre_" in n]
+
+
+def test_the_engine_releases_a_swap_it_stops_mid_way(cluster, api_client, postgres, scene, rollback_crd):
+    """Deterministic twin of the test above (there the daemon's own pass may race the deletion):
+    the engine, stopping a Running swap (deletion, or giving up), opens the live database again.
+    Real API server and PostgreSQL; the engine is called in-process with the Rollback as stored."""
+    from rewind import engine
+    from rewind.adapters import db
+    from rewind.adapters.kube import ROLLBACKS, Kube
+    from rewind.context import Context
+
+    ns, live = scene["ns"], scene["db"]
+    kubectl_apply(cluster, ns, db_rollback("stopped"))
+    kube = Kube(api_client)
+    obj = kube.get(ROLLBACKS, ns, "stopped")
+    target = {"kind": "Database", "name": live}
+    obj = kube.patch(ROLLBACKS, ns, "stopped", {"status": {
+        "phase": "Running", "startedAt": "2026-12-01T10:00:00Z", "deadline": "2026-12-01T10:15:00Z",
+        "plan": [{"name": "database/swap", "kind": "DatabaseSwap", "target": target, "action": "Restore"}],
+        "steps": [{"name": "database/swap", "state": "Running", "attempts": 1,
+                   "startedAt": "2026-12-01T10:00:00Z"}]}}, "application/merge-patch+json", sub="status")
+    with postgres.connect("postgres") as conn:
+        conn.autocommit = True
+        db.ensure_ledger(conn)                                                  # as preflight left it
+        conn.execute(f'ALTER DATABASE "{live}" WITH ALLOW_CONNECTIONS false')   # as the swap leaves it
+    assert not allows_connections(postgres, live)
+
+    def save(status):
+        return kube.patch(ROLLBACKS, ns, "stopped", {"status": status}, "application/merge-patch+json", sub="status")
+
+    engine.abandon(Context(kube, obj, save, lambda *e: None))
+    rb = get_rollback(api_client, ns, "stopped")
+    assert rb["status"]["steps"][0]["state"] == "Interrupted"
+    assert allows_connections(postgres, live)
+    assert checksums(postgres, live) == scene["before"]

@@ -14,10 +14,10 @@ from rewind.steps.database.backup import advance_backup
 from rewind.steps.database.check import advance_check
 from rewind.steps.database.planning import preflight, resolve
 from rewind.steps.database.restore import advance_restore
-from rewind.steps.database.swap import advance_swap
+from rewind.steps.database.swap import advance_swap, release_swap
 from rewind.steps.database.verify import advance_verify
 
 __all__ = [
     "preflight", "resolve", "advance_check", "advance_backup", "advance_restore", "advance_verify",
-    "advance_action", "advance_swap",
+    "advance_action", "advance_swap", "release_swap",
 ]

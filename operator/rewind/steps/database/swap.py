@@ -8,10 +8,10 @@ sessions, its sessions are ended (terminateConnections) or left to go on their o
 remain are waited for on a timer, the live database staying closed meanwhile (opening it between
 looks would let a connection pool straight back in), for SESSIONS_WAIT at most. Whenever the swap
 gives up or fails, the live database is opened again before the step's failure is recorded:
-production is never left closed by a swap that did not happen. What this module cannot cover: an
-operator that crashes mid-way leaves it closed until it is back and runs the step again, and a
-Rollback deleted while the step waits leaves it closed (the engine marks the step Interrupted
-without calling it again): `ALTER DATABASE <db> WITH ALLOW_CONNECTIONS true` by hand.
+production is never left closed by a swap that did not happen. An operator that
+crashes mid-way leaves it closed until it (or its standby) is back and runs the step again; a
+Rollback deleted, or given up after repeated errors, while the step waits gets `release_swap`
+from the engine, which opens it again unless the swap committed.
 """
 
 from __future__ import annotations
@@ -98,4 +98,11 @@ def _reopen_after_failed_swap(target: db.Target, live: str, uid: str) -> None:
             if db.ledger_state(conn, uid, "swap") != "swapped" and db.database_comment(conn, live)[0]:
                 db.set_allow_connections(conn, live, True)
     except db.DatabaseError:
-        pass   # unreachable right now; the retry of this step allows connections again either way
+        pass   # unreachable right now: the step's failure says to check the live database
+
+
+def release_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> None:
+    """The engine stops this step mid-way (the Rollback deleted, or given up): production must not
+    stay closed to connections by a swap that will not go on."""
+    spec = state.spec(ctx)
+    _reopen_after_failed_swap(connection.target(ctx.kube, ctx.namespace, spec), step.target.name, ctx.uid)

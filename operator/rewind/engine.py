@@ -129,20 +129,31 @@ def abort_requested(obj: dict) -> str | None:
     return (obj["metadata"].get("annotations") or {}).get(ABORT_ANNOTATION)
 
 
+# Steps that only look (checks, verification): stopping them mid-way leaves nothing half-done.
+READ_ONLY = {StepKind.HTTP_CHECK.value, StepKind.SQL_CHECK.value, StepKind.TLS_CHECK.value,
+             StepKind.TLS_VERIFY.value, StepKind.DATABASE_VERIFY.value}
+
+
 def _abort(ctx: Context, who: str) -> None:
-    """Stops between steps: no step that has not started starts; a step waiting for a rollout or a
-    Job stops waiting (its write stays done); a step in the middle of its side effect finishes it
-    first. The cleanup steps (exit maintenance, resume monitoring) still run."""
+    """Stops between steps: no step that has not started starts; a step that is waiting (for a
+    rollout, a Job, sessions to end, its next measurement or retry) stops waiting, what it wrote
+    staying written (a waiting swap opens production again); a step in the middle of its side
+    effect finishes it first. The cleanup steps (exit maintenance, resume monitoring) still run."""
     now, changed = ctx.clock(), False
     for s, rec in zip(ctx.status.plan, ctx.status.steps):
-        if s.cleanup or rec.state in planning.FINISHED_STATES or rec.state == StepState.RUNNING.value:
+        if s.cleanup or rec.state in planning.FINISHED_STATES:
             continue
-        if rec.state == StepState.WAITING.value:
+        waiting = rec.state == StepState.WAITING.value or rec.state == StepState.RUNNING.value and (
+            rec.deadline is not None or rec.next_attempt_at is not None or s.kind in READ_ONLY)
+        if rec.state == StepState.RUNNING.value and not waiting:
+            continue
+        if waiting:
+            _release(ctx, s, rec)
             rec.state = StepState.FAILED.value
             rec.message = f"Aborted by {who} while waiting ({rec.message}); what this step wrote stays written."
         else:
             rec.state, rec.message = StepState.SKIPPED.value, f"Not run: the rollback was aborted by {who}."
-        rec.reason, rec.finished_at, rec.deadline = C.ABORTED, now, None
+        rec.reason, rec.finished_at, rec.deadline, rec.next_attempt_at = C.ABORTED, now, None, None
         changed = True
     if changed:
         ctx.save()

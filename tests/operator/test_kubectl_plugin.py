@@ -316,10 +316,6 @@ def test_abort_stops_a_rollout_that_waits(cluster, api_client, apps, namespace, 
     assert f"[2/3] deployment/web: Failed - Aborted by {who} while waiting" in aborted.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "operator: an abort is not honoured while a verification check waits between measurements: the "
-    "check step stays Running (steps/verification.py:123,145), engine._abort skips Running steps "
-    "(engine.py:138), and _finish (engine.py:267) then ends the rollback Succeeded, the abort ignored"))
 def test_abort_during_a_long_verification(cluster, api_client, apps, namespace, operator, health):
     core = client.CoreV1Api(api_client)
     deploy_revisions(apps, namespace, "web", IMAGES[:2])

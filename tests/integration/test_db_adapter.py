@@ -169,9 +169,22 @@ def test_ledger_needs_create_on_the_maintenance_database(postgres, database):
     try:
         t = db.parse_url(f"postgresql://rewind_weak:weak-pw@127.0.0.1:{postgres.port}/{database}")
         with db.connect(t) as conn:
+            with pytest.raises(db.DatabaseError) as checked:
+                db.check_ledger(conn)          # preflight's look: refused the same way
             with pytest.raises(db.DatabaseError) as err:
                 db.ensure_ledger(conn)
         assert err.value.reason == "Forbidden" and "grant it CREATE there" in err.value.message
+        assert checked.value.reason == "Forbidden" and "grant it CREATE there" in checked.value.message
     finally:
         with postgres.connect(autocommit=True) as admin:
             admin.execute("DROP ROLE rewind_weak")
+
+
+def test_preflights_ledger_check_reads_only(postgres, database):
+    """`kubectl rewind plan` and preflight run check_ledger: it must create nothing."""
+    t = db.parse_url(postgres.dsn(database))
+    with db.connect(t) as conn:
+        db.check_ledger(conn)                  # the superuser may create it: no error...
+        assert conn.execute("SELECT to_regnamespace('rewind')").fetchone()[0] is None   # ...and nothing made
+        db.ensure_ledger(conn)
+        db.check_ledger(conn)                  # once made, writable: still no error

@@ -161,6 +161,20 @@ def ensure_ledger(conn: psycopg.Connection) -> None:
                             "CREATE there, or create the schema for it") from None
 
 
+def check_ledger(conn: psycopg.Connection) -> None:
+    """Read-only (for preflight): the restore ledger exists and this role may write it, or this
+    role may create it. Raises DatabaseError (Forbidden) with what to grant."""
+    ok = conn.execute(sql.SQL("""SELECT CASE
+        WHEN to_regclass(%(table)s) IS NOT NULL THEN has_table_privilege(%(table)s, 'SELECT,INSERT,UPDATE')
+        WHEN to_regnamespace(%(schema)s) IS NOT NULL THEN has_schema_privilege(%(schema)s, 'CREATE')
+        ELSE has_database_privilege(current_database(), 'CREATE') END"""),
+        {"table": f"{LEDGER_SCHEMA}.{LEDGER_TABLE}", "schema": LEDGER_SCHEMA}).fetchone()[0]
+    if not ok:
+        raise DatabaseError("Forbidden", f"role {conn.info.user!r} cannot create or write the restore "
+                            f"ledger (schema {LEDGER_SCHEMA}) in database {conn.info.dbname!r}: grant it "
+                            "CREATE there, or create the schema for it")
+
+
 def _ensure_ledger(conn: psycopg.Connection) -> None:
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(LEDGER_SCHEMA)))
     conn.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {} (

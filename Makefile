@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap test unit demo cluster crd clean bench
+.PHONY: bootstrap test unit demo cluster crd manifests clean bench
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -26,6 +26,9 @@ cluster: bootstrap  ## start the local control plane in the foreground; prints h
 clean:
 	rm -rf .venv .pytest_cache
 
-crd: bootstrap  ## render crds/ from the pydantic models, and copy it (and the RBAC rules) into the chart
+crd: bootstrap  ## render crds/ from the pydantic models, and copy the CRDs into the chart
 	.venv/bin/rewind crd --write
 	$(PY) scripts/sync_chart.py
+
+manifests: bootstrap  ## render manifests/ from the chart (helm template with the documented values)
+	$(PY) scripts/render_manifests.py

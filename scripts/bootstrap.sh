@@ -38,4 +38,5 @@ fi
 command -v go >/dev/null || { log "Go is needed to build the test control plane"; exit 1; }
 bash testbed/build.sh >/dev/null
 bash testbed/build-alertmanager.sh >/dev/null
+bash testbed/build-helm.sh >/dev/null
 log "ready"

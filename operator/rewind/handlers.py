@@ -189,7 +189,8 @@ def run(stopped, body, namespace: str, name: str, **_) -> None:
                 return            # gone, or going: the deletion handler takes over
             ctx = _context(k, obj)
             wait = engine.advance(ctx)
-            metrics.track(ctx.uid, ctx.status.phase if wait is not None else None, ctx.rollback.spec.severity)
+            metrics.track(ctx.uid, ctx.status.phase if wait is not None else None, ctx.rollback.spec.severity,
+                          ctx.status.deadline if ctx.status.phase not in engine.TERMINAL_PHASES else None)
             errors = 0
         except Conflict:
             wait = Wait(at=utcnow(), reason="the Rollback changed while it was being written; re-reading it")

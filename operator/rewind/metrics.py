@@ -8,6 +8,7 @@ from a spec or Secret: only Rewind's own vocabulary (phases, severities, step ki
 
 from __future__ import annotations
 
+import datetime
 import threading
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
@@ -39,19 +40,35 @@ LEADER = Gauge("rewind_leader", "1 while this operator process is the one that d
 ACTIVE = Gauge("rewind_rollbacks", "Rollbacks this process drives, by phase and severity.", ["phase", "severity"])
 ERRORS = Counter("rewind_operator_errors", "Unexpected errors while driving a rollback (retried).")
 
+OVERDUE = Gauge("rewind_rollbacks_overdue",
+                 "Rollbacks this process drives that are past their severity's deadline and not finished.")
+
 _lock = threading.Lock()
 _active: dict[str, tuple[str, str]] = {}
+_deadlines: dict[str, datetime.datetime] = {}
 
 
-def track(uid: str, phase: str | None, severity: str) -> None:
-    """The Rollback `uid` is in `phase` now (None: no longer driven here)."""
+def _overdue() -> int:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    with _lock:
+        return sum(1 for d in _deadlines.values() if d < now)
+
+
+OVERDUE.set_function(_overdue)
+
+
+def track(uid: str, phase: str | None, severity: str, deadline: datetime.datetime | None = None) -> None:
+    """The Rollback `uid` is in `phase` now, due by `deadline` (phase None: no longer driven here)."""
     with _lock:
         old = _active.pop(uid, None)
+        _deadlines.pop(uid, None)
         if old:
             ACTIVE.labels(*old).dec()
         if phase:
             _active[uid] = (phase, severity)
             ACTIVE.labels(phase, severity).inc()
+            if deadline:
+                _deadlines[uid] = deadline
 
 
 def observe_step(kind: str, rec) -> None:

@@ -56,6 +56,7 @@ def test_metrics_after_a_real_rollback_and_json_logs(cluster, api_client, namesp
     assert 0 < _value(after, "rewind_time_to_restore_seconds_sum", severity="High", phase="Succeeded") < 900
     assert _value(after, "rewind_step_duration_seconds_count", kind="WorkloadRevision", state="Succeeded") == 1
     assert _value(after, "rewind_operator_errors_total") == 0
+    assert _value(after, "rewind_rollbacks_overdue") == 0
     # The finished rollback is no longer among those being driven.
     assert not any(v for (name, labels), v in after.items() if name == "rewind_rollbacks")
 

@@ -115,20 +115,23 @@ def events_for(api_client, namespace: str, name: str) -> list:
 
 
 def audit_writes(cluster, namespace: str, resource: str, name: str | None = None,
-                 user_agent_prefix: str = "rewind/") -> list[dict] | None:
-    """Mutating requests the operator made on `resource` in `namespace`, from the API server's
-    audit log; None when the cluster has no audit log we can read (an external cluster)."""
+                 user_agent_prefix: str = "rewind/", subresource: str | None = None) -> list[dict] | None:
+    """Mutating requests the operator made on `resource` (or on its `subresource`, e.g. "scale")
+    in `namespace`, from the API server's audit log; None when the cluster has no audit log we
+    can read (an external cluster)."""
     path: Path | None = getattr(cluster, "audit_log", None)
     if not path or not path.exists():
         return None
     out = []
     for line in path.read_text().splitlines():
+        if namespace not in line:
+            continue        # cheap: the log holds the whole session's writes
         ev = json.loads(line)
         ref = ev.get("objectRef") or {}
         if (ev.get("verb") in ("create", "update", "patch", "delete")
                 and ref.get("namespace") == namespace and ref.get("resource") == resource
                 and (name is None or ref.get("name") == name)
-                and not ref.get("subresource")
+                and (ref.get("subresource") or None) == subresource
                 and (ev.get("userAgent") or "").startswith(user_agent_prefix)):
             out.append(ev)
     return out

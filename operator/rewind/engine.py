@@ -19,7 +19,7 @@ from rewind.api.v1alpha1 import (
 from rewind import metrics, registry
 from rewind.api.errors import ReasonedError
 from rewind.context import Context, Wait, earliest, utcnow
-from rewind.steps import hooks, notifications, report
+from rewind.steps import hooks, jobs, notifications, report
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ def advance(ctx: Context) -> Wait | None:
     retry = notifications.deliver(ctx)
     rewrite = None
     if ctx.status.phase in TERMINAL_PHASES and ctx.status.phase != Phase.PLANNED.value:
+        if ctx.rollback.spec.database and ctx.status.report is None:
+            jobs.delete_all(ctx.kube, ctx.namespace, ctx.uid)   # before the report: a crash retries it
         rewrite = report.sync(ctx)
     return earliest(wait, retry, rewrite)
 

@@ -246,11 +246,6 @@ ACTION = {"name": "revoke-google", "action": "ClearOAuthTokens", "columns": ["ac
           "where": [{"column": "provider", "equals": "google"}]}
 
 
-# The Job deletion follows the saved outcome (steps/database: check.py, backup.py, restore.py) and
-# a finished step is never looked at again, so a kill between the two leaves the Job behind (it
-# goes with the Rollback, through its owner reference). Reported; these cases xfail at that
-# last assertion only, and pass once it is fixed.
-JOB_LEFT_BEHIND = {"DatabaseCheck:after-outcome", "DatabaseBackup:after-outcome", "DatabaseRestore:after-outcome"}
 
 
 def _job_names(uid: str) -> dict[str, str]:
@@ -324,13 +319,7 @@ def test_database(point, cluster, api_client, postgres, booking_db, job_runner, 
     # Jobs are deleted once their outcome is recorded.
     left = lambda: sorted(j.metadata.name for j in client.BatchV1Api(api_client).list_namespaced_job(ns).items  # noqa: E731
                           if j.metadata.deletion_timestamp is None)
-    try:
-        wait_for("the database Jobs deleted", lambda: not left(), timeout=5)
-    except AssertionError:
-        if point in JOB_LEFT_BEHIND:
-            pytest.xfail(f"known bug: killed after the step's outcome was saved and before its Job was "
-                         f"deleted, nobody deletes the Job afterwards (left: {left()})")
-        raise
+    wait_for("the database Jobs deleted", lambda: not left(), timeout=5)
 
 
 # --- Secrets, their consumers and a served certificate ---------------------------------------

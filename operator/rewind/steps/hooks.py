@@ -42,13 +42,15 @@ def run(ctx: Context, step: PlanStep, rec: StepRecord, actions_for: Callable[[Co
     if step.cleanup and rec.state == StepState.PENDING.value and not counterpart_started(ctx, step):
         ctx.skip(step, rec, f"Nothing to undo: {COUNTERPART[step.name]} did not run.")
         return None
+    began = False
     if rec.state == StepState.PENDING.value:
         ctx.status.hooks = ctx.status.hooks or HookStatus()
-        ctx.begin(step, rec, f"{step.name}: starting.")   # intent: from here the cleanup step undoes it
-        rec.attempts = 0
+        # Intent, with the first attempt counted: from here the cleanup step undoes it.
+        began = ctx.begin(step, rec, f"{step.name}: starting.")
     if rec.next_attempt_at and now < rec.next_attempt_at:
         return Wait(at=rec.next_attempt_at, reason=f"{step.name}: {rec.message}")
-    rec.attempts += 1
+    if not began:
+        rec.attempts += 1
     messages, errors = [], []
     for key, action in actions_for(ctx):
         done = ctx.status.hooks.done

@@ -146,6 +146,16 @@ def _termination(kube: Kube, namespace: str, job: str) -> tuple[int | None, str]
     return None, ""
 
 
+def delete_all(kube: Kube, namespace: str, rollback_uid: str) -> int:
+    """Deletes every Job of the Rollback (a step deletes its own once its outcome is saved; a crash
+    between the two would leave it behind). Returns how many were still there."""
+    left = [j for j in kube.list(JOBS, namespace, label_selector=f"{UID_LABEL}={rollback_uid}")
+            if not j["metadata"].get("deletionTimestamp")]
+    for job in left:
+        delete_job(kube, namespace, job["metadata"]["name"])
+    return len(left)
+
+
 def delete_job(kube: Kube, namespace: str, name: str) -> None:
     try:
         kube.request("DELETE", JOBS.path(namespace, name), body={"propagationPolicy": "Background"})

@@ -3,9 +3,13 @@
 - `helm lint`, and `helm template` with the default values and with a values file that sets every
   value the chart has (a test fails when values.yaml gains a key that file does not set);
 - the values that are refused, refused at render time with their reason;
+- the alerts (PrometheusRule) and the Grafana dashboard (a ConfigMap), off by default: every
+  rewind_* series, label and label value their PromQL uses is one rewind.metrics registers in
+  prometheus_client's registry and the operator writes;
 - manifests/ is the chart rendered (scripts/render_manifests.py): any drift fails;
 - the renders and manifests/ pass a server-side dry-run apply against the real API server (schemas,
-  strict field validation, admission);
+  strict field validation, admission; stand-in ServiceMonitor and PrometheusRule CRDs where the
+  cluster has none);
 - `rewind run` with the args of the chart's Deployment, as the chart's ServiceAccount holding
   exactly the chart's RBAC (applied for real), rolls a Deployment back to Ready: once watching a
   list of namespaces with leader election (RoleBindings, a KopfPeering), once cluster-wide with the
@@ -42,6 +46,10 @@ PEERING_CRDS = REPO / "crds" / "kopf-peering.yaml"
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 IMAGES = ["registry.local/chart-web:1", "registry.local/chart-web:2", "registry.local/chart-web:3"]
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
+PROMETHEUS_RULE_API = "monitoring.coreos.com/v1/PrometheusRule"
+MONITORING_APIS = ("--api-versions", SERVICE_MONITOR_API, "--api-versions", PROMETHEUS_RULE_API)
+ALERTS = ["RewindRollbackFailed", "RewindRollbackStalled", "RewindRollbackMissedDeadline", "RewindHooksNotUndone",
+          "RewindOperatorErrors", "RewindNoLeader"]
 # Objects of a render that the rollback test creates for real: who the operator is and what it may do.
 IDENTITY_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
                   "KopfPeering", "ClusterKopfPeering"}
@@ -94,6 +102,55 @@ spec:
                         type: string
                         pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$'
                       scrapeTimeout: *duration
+"""
+
+# The same for the PrometheusRule CRD: groups of rules, `for` and `interval` typed as durations,
+# `expr` an int-or-string, labels and annotations string maps, as in monitoring.coreos.com/v1.
+PROMETHEUS_RULE_CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: prometheusrules.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: PrometheusRule, listKind: PrometheusRuleList, plural: prometheusrules, singular: prometheusrule}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          required: [spec]
+          properties:
+            spec:
+              type: object
+              properties:
+                groups:
+                  type: array
+                  x-kubernetes-list-type: map
+                  x-kubernetes-list-map-keys: [name]
+                  items:
+                    type: object
+                    required: [name]
+                    properties:
+                      name: {type: string, minLength: 1}
+                      interval: &duration
+                        type: string
+                        pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$'
+                      rules:
+                        type: array
+                        items:
+                          type: object
+                          required: [expr]
+                          properties:
+                            alert: {type: string}
+                            record: {type: string}
+                            expr: {x-kubernetes-int-or-string: true, anyOf: [{type: integer}, {type: string}]}
+                            for: *duration
+                            keep_firing_for: *duration
+                            labels: {type: object, additionalProperties: {type: string}}
+                            annotations: {type: object, additionalProperties: {type: string}}
 """
 
 
@@ -160,7 +217,7 @@ def leaf_paths(d: dict, prefix: tuple = ()) -> set[tuple]:
     return paths
 
 
-def every_value(watch: list[str], release: str = "rewind") -> dict:
+def every_value(watch: list[str], release: str = "rewind", dashboard_namespace: str = "monitoring") -> dict:
     """A values file that sets every value of the chart, most of them away from their default."""
     return {
         "image": {"repository": "registry.example.com/sre/rewind", "tag": "9.9.9", "digest": DIGEST,
@@ -185,7 +242,20 @@ def every_value(watch: list[str], release: str = "rewind") -> dict:
         "metrics": {"enabled": True, "port": 9441,
                     "service": {"type": "NodePort", "annotations": {"example.com/scrape": "yes"}},
                     "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"},
-                                       "interval": "15s", "scrapeTimeout": "5s"}},
+                                       "interval": "15s", "scrapeTimeout": "5s"},
+                    "prometheusRule": {
+                        "enabled": True, "labels": {"release": "prometheus"},
+                        "selector": 'job="ops-rwd-operator-metrics"', "alertLabels": {"team": "sre"},
+                        "alerts": {
+                            "RewindRollbackFailed": {"enabled": True, "for": "1m", "severity": "page"},
+                            "RewindRollbackStalled": {"enabled": True, "for": "3m", "severity": "page"},
+                            "RewindRollbackMissedDeadline": {"enabled": True, "for": "0s", "severity": "ticket"},
+                            "RewindHooksNotUndone": {"enabled": True, "for": "0s", "severity": "page"},
+                            "RewindOperatorErrors": {"enabled": True, "for": "15m", "severity": "ticket"},
+                            "RewindNoLeader": {"enabled": False, "for": "1m", "severity": "page"}}},
+                    "dashboard": {"enabled": True, "namespace": dashboard_namespace,
+                                  "labels": {"grafana_dashboard": "1", "example.com/team": "sre"},
+                                  "annotations": {"grafana_folder": "Rewind"}}},
         "podDisruptionBudget": {"enabled": True, "maxUnavailable": 1},
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "podSecurityContext": {"runAsNonRoot": True, "runAsUser": 20001, "runAsGroup": 20002,
@@ -208,11 +278,13 @@ def every_value(watch: list[str], release: str = "rewind") -> dict:
 def test_helm_lint(helm, tmp_path):
     out = subprocess.run([str(helm), "lint", "--strict", str(CHART)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    # `helm lint` cannot be told that the ServiceMonitor API exists; everything else of the full file.
+    # `helm lint` cannot be told that the ServiceMonitor and PrometheusRule APIs exist; everything
+    # else of the full file.
     f = tmp_path / "values.yaml"
     f.write_text(yaml.safe_dump(every_value(["booking", "payments"])))
-    out = subprocess.run([str(helm), "lint", "--strict", str(CHART), "--values", str(f),
-                          "--set", "metrics.serviceMonitor.enabled=false"], capture_output=True, text=True)
+    out = subprocess.run([str(helm), "lint", "--strict", str(CHART), "--values", str(f), "--set",
+                          "metrics.serviceMonitor.enabled=false,metrics.prometheusRule.enabled=false"],
+                         capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -251,6 +323,8 @@ def test_default_values_render_one_cluster_wide_operator(helm):
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 8081, "targetPort": "metrics",
                                          "protocol": "TCP"}]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    # Off by default, even where the Prometheus Operator's APIs are served.
+    assert not {"ServiceMonitor", "PrometheusRule", "ConfigMap"} & {d["kind"] for d in template(helm, None, *MONITORING_APIS)}
 
 
 def test_a_values_file_that_sets_every_value(helm, tmp_path):
@@ -260,8 +334,7 @@ def test_a_values_file_that_sets_every_value(helm, tmp_path):
     missing = {p for p in leaf_paths(defaults) if not any(g[:len(p)] == p for g in given)}
     assert not missing, f"values.yaml has values this test does not set: {sorted(missing)}"
 
-    docs = template(helm, values, "--api-versions", SERVICE_MONITOR_API, release="ops",
-                    namespace="ops-system", tmp_path=tmp_path)
+    docs = template(helm, values, *MONITORING_APIS, release="ops", namespace="ops-system", tmp_path=tmp_path)
     deployment = one(docs, "Deployment")
     assert deployment["metadata"]["name"] == "ops-rwd-operator"
     assert deployment["spec"]["replicas"] == 2
@@ -321,6 +394,149 @@ def test_a_values_file_that_sets_every_value(helm, tmp_path):
                            "selector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]}}
     assert one(docs, "CustomResourceDefinition")["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
 
+    rule = one(docs, "PrometheusRule")
+    assert rule["metadata"]["name"] == "ops-rwd-operator" and rule["metadata"]["namespace"] == "ops-system"
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert list(rules) == ALERTS[:-1], "RewindNoLeader is disabled"
+    assert {a: (r["for"], r["labels"]) for a, r in rules.items()} == {
+        a: (v["for"], {"severity": v["severity"], "team": "sre"})
+        for a, v in values["metrics"]["prometheusRule"]["alerts"].items() if v["enabled"]}
+    for r in rules.values():
+        for selector in re.findall(r"rewind_[a-z_]+(\{[^}]*\})?", r["expr"]):
+            assert 'job="ops-rwd-operator-metrics"' in selector, r["expr"]
+    dashboard = one(docs, "ConfigMap")
+    assert dashboard["metadata"]["name"] == "ops-rwd-dashboard"
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    assert {"grafana_dashboard": "1", "example.com/team": "sre"}.items() <= dashboard["metadata"]["labels"].items()
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Rewind"}
+    assert json.loads(dashboard["data"]["rewind.json"]) == json.loads((CHART / "files" / "dashboard.json").read_text())
+
+
+# --- alerts and dashboard -------------------------------------------------------------------------
+
+# Labels that Prometheus puts on every scraped series (the target's), beside the operator's own.
+TARGET_LABELS = {"job", "namespace", "pod", "instance", "service", "endpoint", "container"}
+
+
+def operator_metrics() -> dict[str, set[str]]:
+    """Every series name the operator can expose, with its label names: the rewind_* collectors
+    that importing rewind.metrics registers in prometheus_client's REGISTRY, named as the
+    exposition names them (a counter's _total, a histogram's _bucket (with le), _sum and _count)."""
+    import rewind.metrics as operator_metrics_module
+    from prometheus_client import REGISTRY
+    from prometheus_client.metrics import MetricWrapperBase
+
+    label_names = {m._name: set(m._labelnames) for m in vars(operator_metrics_module).values()
+                   if isinstance(m, MetricWrapperBase)}
+    names: dict[str, set[str]] = {}
+    for family in REGISTRY.collect():
+        if not family.name.startswith("rewind_"):
+            continue
+        labels = label_names[family.name]
+        if family.type == "counter":
+            names[family.name + "_total"] = labels
+        elif family.type == "histogram":
+            names.update({family.name + "_bucket": labels | {"le"}, family.name + "_sum": labels,
+                          family.name + "_count": labels})
+        else:
+            assert family.type == "gauge", family.type
+            names[family.name] = labels
+    assert "rewind_rollbacks_finished_total" in names and "rewind_leader" in names, sorted(names)
+    return names
+
+
+def check_promql(expr: str, metrics: dict[str, set[str]]) -> set[str]:
+    """Asserts that `expr` names only series the operator exposes, filters each on its labels (or
+    the target's) with values the operator writes, and groups by labels those series have. Returns
+    the names."""
+    from rewind.api import conditions
+    from rewind.api.v1alpha1 import Phase
+
+    values = {"phase": {p.value for p in Phase}, "within": {"true", "false"},
+              "reason": {v for k, v in vars(conditions).items() if k.isupper() and isinstance(v, str)}}
+    used = set(re.findall(r"\brewind_[a-z0-9_]+", expr))
+    unknown = used - set(metrics)
+    assert not unknown, f"not metrics of the operator: {sorted(unknown)} in {expr}"
+    for name, matchers in re.findall(r"\b(rewind_[a-z0-9_]+)\{([^}]*)\}", expr):
+        for label, op, value in re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"', matchers):
+            assert label in metrics[name] | TARGET_LABELS, f"{name} has no label {label}: {expr}"
+            if label in values and "$" not in value:
+                words = set(value.split("|")) if op in ("=~", "!~") else {value}
+                assert words <= values[label], f"{name}{{{label}}}: {words - values[label]} never written: {expr}"
+    known = set().union(*(metrics[n] for n in used), TARGET_LABELS) if used else TARGET_LABELS
+    for clause in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+        for label in filter(None, (w.strip() for w in clause.split(","))):
+            assert label in known, f"grouped by {label}, which none of {sorted(used)} has: {expr}"
+    return used
+
+
+def test_the_alerts_and_the_dashboard_use_only_the_operators_metrics(helm, tmp_path):
+    metrics = operator_metrics()
+    docs = template(helm, None, "--set", "metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
+                    *MONITORING_APIS)
+    rule = one(docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert [r["alert"] for r in rules] == ALERTS
+    used = set()
+    for r in rules:
+        used |= check_promql(r["expr"], metrics)
+        assert r["labels"]["severity"] in ("critical", "warning")
+        assert r["annotations"]["summary"] and r["annotations"]["description"]
+        assert "kubectl " in r["annotations"]["description"], f"{r['alert']} does not say what to run"
+    by_alert = {r["alert"]: r for r in rules}
+    for alert in ("RewindRollbackFailed", "RewindRollbackStalled", "RewindRollbackMissedDeadline",
+                  "RewindHooksNotUndone"):
+        assert "kubectl rewind describe" in by_alert[alert]["annotations"]["description"], alert
+    assert 'phase=~"Failed|Interrupted"' in by_alert["RewindRollbackFailed"]["expr"]
+    assert "rewind_rollbacks_overdue" in by_alert["RewindRollbackStalled"]["expr"]
+    assert 'within="false"' in by_alert["RewindRollbackMissedDeadline"]["expr"]
+    assert 'reason="HookFailed"' in by_alert["RewindHooksNotUndone"]["expr"]
+    assert "rewind_operator_errors_total" in by_alert["RewindOperatorErrors"]["expr"]
+    assert "absent(rewind_leader)" in by_alert["RewindNoLeader"]["expr"]
+    assert {a: r["for"] for a, r in by_alert.items()} == {
+        "RewindRollbackFailed": "0m", "RewindRollbackStalled": "5m", "RewindRollbackMissedDeadline": "0m",
+        "RewindHooksNotUndone": "0m", "RewindOperatorErrors": "10m", "RewindNoLeader": "2m"}
+    # The counters that are labelled when a rollback ends are born at 1: each event alert also
+    # catches a series that was not there 10 minutes ago, or it would miss the first of each kind.
+    for alert in ("RewindRollbackFailed", "RewindRollbackMissedDeadline", "RewindHooksNotUndone"):
+        assert " unless " in by_alert[alert]["expr"] and "offset 10m" in by_alert[alert]["expr"], alert
+
+    dashboard_map = one(docs, "ConfigMap")
+    assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(dashboard_map["data"]["rewind.json"])
+    assert dashboard["schemaVersion"] >= 39 and dashboard["uid"] and dashboard["title"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    exprs = [variables["job"]["definition"]]
+    ids = []
+    for panel in dashboard["panels"]:
+        ids.append(panel["id"])
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        g = panel["gridPos"]
+        assert g["x"] + g["w"] <= 24 and g["h"] > 0, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"], panel["title"]
+            exprs.append(target["expr"])
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    shown = set()
+    for expr in exprs:
+        shown |= check_promql(expr, metrics)
+    # What the dashboard is for: rollbacks by phase, outcomes, time to restore against the
+    # targets, steps, verification, notifications, errors and the leader.
+    assert {"rewind_rollbacks", "rewind_rollbacks_finished_total", "rewind_time_to_restore_seconds_bucket",
+            "rewind_severity_target_seconds", "rewind_step_duration_seconds_bucket",
+            "rewind_verification_outcomes_total", "rewind_notification_failures_total",
+            "rewind_operator_errors_total", "rewind_leader", "rewind_rollbacks_overdue"} <= shown, shown
+
+    # One alert switched off leaves the others as they were.
+    docs = template(helm, None, "--set", "metrics.prometheusRule.enabled=true,"
+                    "metrics.prometheusRule.alerts.RewindNoLeader.enabled=false", *MONITORING_APIS)
+    assert [r["alert"] for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]] == ALERTS[:-1]
+    assert not by_kind(docs, "ConfigMap")
+
 
 def test_switches_leave_their_objects_out(helm, tmp_path):
     docs = template(helm, None, "--set", "rbac.create=false,serviceAccount.create=false,"
@@ -348,6 +564,17 @@ def test_switches_leave_their_objects_out(helm, tmp_path):
 def test_refused_values_say_why(helm):
     assert "more than one replica needs leaderElection.enabled=true" in refused(helm, "--set", "replicas=2")
     assert "needs the ServiceMonitor CRD" in refused(helm, "--set", "metrics.serviceMonitor.enabled=true")
+    assert "needs the PrometheusRule CRD" in refused(helm, "--set", "metrics.prometheusRule.enabled=true")
+    assert "metrics.prometheusRule.enabled needs metrics.enabled=true" in refused(
+        helm, "--set", "metrics.prometheusRule.enabled=true,metrics.enabled=false", *MONITORING_APIS)
+    assert "metrics.dashboard.enabled needs metrics.enabled=true" in refused(
+        helm, "--set", "metrics.dashboard.enabled=true,metrics.enabled=false")
+    assert "every alert is disabled" in refused(
+        helm, "--set", "metrics.prometheusRule.enabled=true," + ",".join(
+            f"metrics.prometheusRule.alerts.{a}.enabled=false" for a in ALERTS), *MONITORING_APIS)
+    assert "/metrics/prometheusRule/alerts/RewindRollbackStalled/for" in refused(
+        helm, "--set-string", "metrics.prometheusRule.alerts.RewindRollbackStalled.for=5min")
+    assert "RewindTypo" in refused(helm, "--set", "metrics.prometheusRule.alerts.RewindTypo.enabled=true")
     assert "needs metrics.enabled=true" in refused(
         helm, "--set", "metrics.serviceMonitor.enabled=true,metrics.enabled=false",
         "--api-versions", SERVICE_MONITOR_API)
@@ -430,6 +657,19 @@ def service_monitor_api(cluster):
 
 
 @pytest.fixture
+def prometheus_rule_api(cluster):
+    """The PrometheusRule API: the cluster's own, or the stand-in CRD for as long as the test runs."""
+    if cluster.kubectl("get", "crd", "prometheusrules.monitoring.coreos.com", check=False).returncode == 0:
+        yield
+        return
+    apply_crds(cluster, PROMETHEUS_RULE_CRD)
+    wait_for("prometheusrules served", lambda: cluster.kubectl(
+        "get", "prometheusrules", "-A", check=False).returncode == 0, timeout=30)
+    yield
+    cluster.kubectl("delete", "crd", "prometheusrules.monitoring.coreos.com", "--wait=false", check=False)
+
+
+@pytest.fixture
 def peering_crds(cluster):
     """kopf's peering CRDs (as the chart's crds/ installs them). Left installed: the same objects
     the high-availability test installs."""
@@ -440,14 +680,19 @@ def peering_crds(cluster):
 
 @pytest.mark.cluster
 def test_the_renders_and_manifests_pass_a_server_side_dry_run(cluster, helm, tmp_path, namespace, namespaces,
-                                                              rollback_crd, service_monitor_api, peering_crds,
-                                                              api_client):
+                                                              rollback_crd, service_monitor_api,
+                                                              prometheus_rule_api, peering_crds, api_client):
     release_ns, second = namespaces("release"), namespaces("watched")
     dry_run(cluster, template(helm, namespace=release_ns))
-    full = template(helm, every_value([namespace, second], release="ops"), "--api-versions", SERVICE_MONITOR_API,
-                    release="ops", namespace=release_ns, tmp_path=tmp_path)
-    assert {"ServiceMonitor", "PodDisruptionBudget", "KopfPeering", "RoleBinding"} <= {d["kind"] for d in full}
+    # Every value, the dashboard's ConfigMap in another namespace (as for a Grafana sidecar's).
+    full = template(helm, every_value([namespace, second], release="ops", dashboard_namespace=second),
+                    *MONITORING_APIS, release="ops", namespace=release_ns, tmp_path=tmp_path)
+    assert {"ServiceMonitor", "PrometheusRule", "ConfigMap", "PodDisruptionBudget", "KopfPeering",
+            "RoleBinding"} <= {d["kind"] for d in full}
     dry_run(cluster, full)
+    # The PrometheusRule with every alert, as the defaults render it.
+    dry_run(cluster, by_kind(template(helm, None, "--set", "metrics.prometheusRule.enabled=true",
+                                      *MONITORING_APIS, namespace=release_ns), "PrometheusRule"))
 
     # manifests/ as a user applies them: the Namespace it creates must exist for the dry run of
     # what goes into it (a dry run creates nothing).

@@ -64,6 +64,7 @@ def pending(obj) -> bool:
 
 def _plan(ctx: Context) -> Wait | None:
     spec = ctx.rollback.spec
+    first = ctx.status.started_at is None
     started = ctx.status.started_at or ctx.clock()
     ctx.status.started_at = started
     ctx.status.deadline = planning.deadline_for(spec.severity, started)
@@ -71,7 +72,8 @@ def _plan(ctx: Context) -> Wait | None:
     ctx.condition(C.RECONCILING, "True", C.PLANNING, "Resolving the targets of the rollback.")
     ctx.condition(C.READY, "False", C.PLANNING, "Resolving the targets of the rollback.")
     ctx.save()   # from here on the spec is immutable (CEL rule on status.startedAt)
-    ctx.emit("Normal", "Planning", f"{spec.severity} rollback requested: {spec.reason}")
+    if first:
+        ctx.emit("Normal", "Planning", f"{spec.severity} rollback requested: {spec.reason}")
 
     found, warnings, problems = [], [], []
     for preflight in registry.PREFLIGHTS:

@@ -126,19 +126,26 @@ def _saver(k: Kube, namespace: str, name: str, obj: dict):
     def save(status: dict) -> dict:
         """Writes what changed in status since the last read or write (a merge patch in which a
         removed field is null, so fields can be cleared), guarded by resourceVersion; writes
-        nothing when nothing changed."""
+        nothing when nothing changed. A conflict caused by a change outside status (kopf's
+        finalizer or annotations) is retried on the fresh resourceVersion; a change of status by
+        someone else raises Conflict."""
         diff = merge_diff(current["obj"].get("status") or {}, status)
         if not diff:
             return current["obj"]
-        rv = current["obj"]["metadata"]["resourceVersion"]
-        body = {"metadata": {"resourceVersion": rv}, "status": diff}
-        try:
-            current["obj"] = k.patch(ROLLBACKS, namespace, name, body, MERGE_PATCH, sub="status")
-        except KubeError as e:
-            if e.conflict:
-                raise Conflict() from None
-            raise
-        return current["obj"]
+        for _ in range(3):
+            body = {"metadata": {"resourceVersion": current["obj"]["metadata"]["resourceVersion"]},
+                    "status": diff}
+            try:
+                current["obj"] = k.patch(ROLLBACKS, namespace, name, body, MERGE_PATCH, sub="status")
+                return current["obj"]
+            except KubeError as e:
+                if not e.conflict:
+                    raise
+            fresh = _read(k, namespace, name)
+            if fresh is None or (fresh.get("status") or {}) != (current["obj"].get("status") or {}):
+                raise Conflict()
+            current["obj"] = fresh
+        raise Conflict()
 
     return save
 

@@ -210,12 +210,12 @@ def test_the_engine_releases_a_swap_it_stops_mid_way(cluster, api_client, postgr
     Real API server and PostgreSQL; the engine is called in-process with the Rollback as stored."""
     from rewind import engine
     from rewind.adapters import db
-    from rewind.adapters.kube import ROLLBACKS, Kube
+    from rewind.adapters.kube import ROLLBACKS, Kube, load_api_client
     from rewind.context import Context
 
     ns, live = scene["ns"], scene["db"]
     kubectl_apply(cluster, ns, db_rollback("stopped"))
-    kube = Kube(api_client)
+    kube = Kube(load_api_client(str(cluster.kubeconfig)))   # its own client: Kube sets the user agent
     obj = kube.get(ROLLBACKS, ns, "stopped")
     target = {"kind": "Database", "name": live}
     obj = kube.patch(ROLLBACKS, ns, "stopped", {"status": {

@@ -180,6 +180,18 @@ def _context(k: Kube, obj: dict) -> engine.Context:
     return engine.Context(k, obj, _saver(k, meta["namespace"], meta["name"], obj), _emitter(k, obj))
 
 
+# One pass of the engine at a time per Rollback in this process: the deletion handler waits for
+# the daemon's pass in flight (kopf runs it while the daemon is still being stopped), so the two
+# never act on the same step at once (a swap closing production after the deletion reopened it).
+_passes: dict[str, threading.Lock] = {}
+_passes_guard = threading.Lock()
+
+
+def _pass_lock(uid: str) -> threading.Lock:
+    with _passes_guard:
+        return _passes.setdefault(uid, threading.Lock())
+
+
 @kopf.daemon(GROUP, VERSION, PLURAL, id="rollback", cancellation_timeout=WATCH_SLICE * 3)
 def run(stopped, body, namespace: str, name: str, **_) -> None:
     """Drives one Rollback until it is over: engine, wait, engine... A finished Rollback (after a
@@ -188,14 +200,16 @@ def run(stopped, body, namespace: str, name: str, **_) -> None:
         return
     k = kube()
     errors = give_up_failures = 0
+    lock = _pass_lock(body["metadata"]["uid"])
     while not stopped:
         obj = None
         try:
-            obj = _read(k, namespace, name)
-            if obj is None or obj["metadata"].get("deletionTimestamp"):
-                return            # gone, or going: the deletion handler takes over
-            ctx = _context(k, obj)
-            wait = engine.advance(ctx)
+            with lock:
+                obj = _read(k, namespace, name)
+                if obj is None or obj["metadata"].get("deletionTimestamp"):
+                    return            # gone, or going: the deletion handler takes over
+                ctx = _context(k, obj)
+                wait = engine.advance(ctx)
             metrics.track(ctx.uid, ctx.status.phase if wait is not None else None, ctx.rollback.spec.severity,
                           ctx.status.deadline if ctx.status.phase not in engine.TERMINAL_PHASES else None)
             errors = 0
@@ -213,8 +227,9 @@ def run(stopped, body, namespace: str, name: str, **_) -> None:
             if errors >= MAX_CONSECUTIVE_ERRORS:
                 errors = 0
                 try:
-                    more = _give_up(k, namespace, name, f"Stopped after {MAX_CONSECUTIVE_ERRORS} "
-                                                        f"consecutive errors, the last: {what}.")
+                    with lock:
+                        more = _give_up(k, namespace, name, f"Stopped after {MAX_CONSECUTIVE_ERRORS} "
+                                                            f"consecutive errors, the last: {what}.")
                     give_up_failures = 0
                     if not more:
                         return
@@ -268,10 +283,11 @@ def on_delete(body, namespace: str, name: str, **_) -> None:
     k = kube()
     uid = body["metadata"]["uid"]
     try:
-        obj = _read(k, namespace, name)
-        if obj is None:
-            return
-        wait = engine.abandon(_context(k, obj))
+        with _pass_lock(uid):     # after the daemon's pass in flight, if any
+            obj = _read(k, namespace, name)
+            if obj is None:
+                return
+            wait = engine.abandon(_context(k, obj))
     except Conflict:
         raise kopf.TemporaryError("the Rollback changed while it was being written", delay=0.5) from None
     except Exception as e:  # noqa: BLE001 - retried, then the deletion goes ahead

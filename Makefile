@@ -18,6 +18,7 @@ demo: bootstrap  ## the end-to-end demo: the booking app rolled back on the loca
 
 bench: bootstrap  ## benchmarks (not tests): Rewind against the manual alternative, side by side
 	$(PY) bench/workload_undo.py
+	$(PY) bench/api_requests.py
 	$(PY) bench/db_restore.py
 
 cluster: bootstrap  ## start the local control plane in the foreground; prints how to use kubectl

@@ -39,8 +39,6 @@ def advance(ctx: Context) -> Wait | None:
     retry = notifications.deliver(ctx)
     rewrite = None
     if ctx.status.phase in TERMINAL_PHASES and ctx.status.phase != Phase.PLANNED.value:
-        if ctx.rollback.spec.database and ctx.status.report is None:
-            jobs.delete_all(ctx.kube, ctx.namespace, ctx.uid)   # before the report: a crash retries it
         rewrite = report.sync(ctx)
     return earliest(wait, retry, rewrite)
 
@@ -64,16 +62,13 @@ def pending(obj) -> bool:
 
 def _plan(ctx: Context) -> Wait | None:
     spec = ctx.rollback.spec
-    first = ctx.status.started_at is None
     started = ctx.status.started_at or ctx.clock()
     ctx.status.started_at = started
     ctx.status.deadline = planning.deadline_for(spec.severity, started)
     ctx.status.phase = Phase.RUNNING.value
-    ctx.condition(C.RECONCILING, "True", C.PLANNING, "Resolving the targets of the rollback.")
-    ctx.condition(C.READY, "False", C.PLANNING, "Resolving the targets of the rollback.")
-    ctx.save()   # from here on the spec is immutable (CEL rule on status.startedAt)
-    if first:
-        ctx.emit("Normal", "Planning", f"{spec.severity} rollback requested: {spec.reason}")
+    # Nothing is saved before preflight (it only reads): the first write carries the plan, or the
+    # refusal. It is guarded by resourceVersion and generation, so a spec changed meanwhile is
+    # planned again; from that write on the spec is immutable (CEL rule on status.startedAt).
 
     found, warnings, problems = [], [], []
     for preflight in registry.PREFLIGHTS:
@@ -108,7 +103,8 @@ def _plan(ctx: Context) -> Wait | None:
     notifications.queue(ctx, NotificationEvent.STARTED,
                         f"{spec.severity} rollback started ({spec.reason}); plan of {len(steps)} step(s): {summary}.")
     ctx.save()
-    ctx.emit("Normal", "Planned", f"Plan of {len(steps)} step(s): {summary}")
+    ctx.emit("Normal", "Planned", f"{spec.severity} rollback requested ({spec.reason}); plan of "
+                                  f"{len(steps)} step(s): {summary}")
     notifications.deliver(ctx)   # people hear of it before the first step, not after
     return _execute(ctx)
 
@@ -414,6 +410,9 @@ def _terminal(ctx: Context, phase: Phase, reason: str, message: str, ready: bool
                                 f"deadline passed: the rollback took {ctx.status.duration}.")
         notifications.queue(ctx, NotificationEvent.SUCCEEDED if ready else NotificationEvent.FAILED,
                             f"{phase.value}: {message}")
+        if ctx.rollback.spec.database and ctx.status.report is None:
+            jobs.delete_all(ctx.kube, ctx.namespace, ctx.uid)   # any a crash left behind
+        report.sync(ctx, save=False)   # the report and the end: one status write
     ctx.save()
     severity = ctx.rollback.spec.severity
     metrics.ROLLBACKS_FINISHED.labels(severity, phase.value, reason).inc()

@@ -142,8 +142,9 @@ def _saver(k: Kube, namespace: str, name: str, obj: dict):
                 if not e.conflict:
                     raise
             fresh = _read(k, namespace, name)
-            if fresh is None or (fresh.get("status") or {}) != (current["obj"].get("status") or {}):
-                raise Conflict()
+            if fresh is None or (fresh.get("status") or {}) != (current["obj"].get("status") or {}) \
+                    or fresh["metadata"].get("generation") != current["obj"]["metadata"].get("generation"):
+                raise Conflict()     # someone else's status, or a new spec: the pass starts over
             current["obj"] = fresh
         raise Conflict()
 

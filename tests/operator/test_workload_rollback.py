@@ -65,7 +65,7 @@ def test_rollback_restores_revision_and_reports_ready(cluster, api_client, apps,
     assert st["startedAt"] <= st["completedAt"] < st["deadline"]
 
     reasons = [e.reason for e in events_for(api_client, namespace, "undo")]
-    assert reasons[:2] == ["Planning", "Planned"] and "RolledBack" in reasons and "Succeeded" in reasons
+    assert reasons[0] == "Planned" and "RolledBack" in reasons and "Succeeded" in reasons
     assert [r for r in reasons if r != "ReportWritten"][-1] == "Succeeded"   # the report may follow
 
     writes = audit_writes(cluster, namespace, "deployments", "web")

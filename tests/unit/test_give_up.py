@@ -16,6 +16,18 @@ from rewind.context import Context
 T0 = datetime.datetime(2026, 12, 1, 10, 0, tzinfo=datetime.timezone.utc)
 
 
+class _ConfigMaps:
+    """Where the incident report goes when the rollback ends (an in-memory stand-in too)."""
+
+    def __init__(self):
+        self.created = []
+
+    def create(self, res, namespace, body):
+        assert res.plural == "configmaps"
+        self.created.append(body)
+        return body
+
+
 def _ctx(steps: list[tuple[str, str, str, bool]]) -> tuple[Context, list]:
     obj = {"apiVersion": "rewind.dev/v1alpha1", "kind": "Rollback",
            "metadata": {"name": "rb", "namespace": "ns", "uid": "u-1", "resourceVersion": "1", "generation": 1},
@@ -31,7 +43,7 @@ def _ctx(steps: list[tuple[str, str, str, bool]]) -> tuple[Context, list]:
         obj["status"] = status
         return obj
 
-    return Context(kube=None, obj=obj, save_status=save, emit=lambda *e: events.append(e),
+    return Context(kube=_ConfigMaps(), obj=obj, save_status=save, emit=lambda *e: events.append(e),
                    clock=lambda: T0 + datetime.timedelta(minutes=6)), events
 
 

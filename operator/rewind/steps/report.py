@@ -29,10 +29,11 @@ RETRY_EVERY = datetime.timedelta(seconds=10)
 RETRY_FOR = datetime.timedelta(minutes=5)
 
 
-def sync(ctx: Context) -> Wait | None:
+def sync(ctx: Context, save: bool = True) -> Wait | None:
     """Writes the report when it changed. After a failure it is tried again every few seconds until
     a deadline (in status.report), then given up with the reason: `kubectl rewind report` still
-    renders it from status."""
+    renders it from status. With save=False the caller saves status.report with its own write
+    (the rollback's end: the report and the terminal status go in one status write)."""
     text = incident.render(ctx.obj | {"status": ctx.status.dump()})
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     if ctx.status.report and (ctx.status.report.sha256 == digest or gave_up(ctx.status.report, ctx.clock())):
@@ -60,20 +61,19 @@ def sync(ctx: Context) -> Wait | None:
             current.message = f"{why}; gave up. `kubectl rewind report {ctx.name}` renders the report from status."
             current.deadline = min(deadline, now)
             ctx.status.report = current
-            ctx.save()
+            if save:
+                ctx.save()
             ctx.emit("Warning", "ReportNotWritten", current.message)
             return None
         if current.message is None:
             current.message, current.deadline = f"{why}; retrying until {deadline:%H:%M:%S}Z.", deadline
             ctx.status.report = current
-            ctx.save()
+            if save:
+                ctx.save()
         return Wait(at=min(deadline, now + RETRY_EVERY), reason=current.message)
-    first = ctx.status.report is None or ctx.status.report.config_map_ref is None
     ctx.status.report = ReportRef(config_map_ref=name, sha256=digest)
-    ctx.save()
-    if first:
-        ctx.emit("Normal", "ReportWritten", f"Incident report in ConfigMap {name}: "
-                 f"kubectl rewind report {ctx.name} -n {ctx.namespace}")
+    if save:
+        ctx.save()
     return None
 
 

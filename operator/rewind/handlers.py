@@ -44,11 +44,20 @@ def kube() -> Kube:
     return _state["kube"]
 
 
+class _NoDiffBase(kopf.DiffBaseStorage):
+    def fetch(self, *, body):
+        return None
+
+    def store(self, *, body, patch, essence) -> None:
+        pass
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="rewind.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="rewind.dev", key="last-handled-configuration")
+    # No create/update handlers, so no diff-base: kopf would otherwise write the whole spec into an
+    # annotation of every Rollback (a write per Rollback that nothing reads).
+    settings.persistence.diffbase_storage = _NoDiffBase()
     settings.persistence.finalizer = "rewind.dev/finalizer"
     lifetime = os.environ.get("REWIND_PEERING_LIFETIME")
     if lifetime:
@@ -202,21 +211,29 @@ def run(stopped, body, namespace: str, name: str, **_) -> None:
     k = kube()
     errors = give_up_failures = 0
     lock = _pass_lock(body["metadata"]["uid"])
+    last = None   # the Rollback as our last write returned it
     while not stopped:
         obj = None
         try:
             with lock:
-                obj = _read(k, namespace, name)
+                # When kopf's live body is at the version of our own last write, nobody else wrote
+                # since: that object is current, no read needed. Else (or a new spec) read it.
+                fresh = last is not None and body["metadata"].get("resourceVersion") == \
+                    last["metadata"]["resourceVersion"] and not body["metadata"].get("deletionTimestamp")
+                obj = last if fresh else _read(k, namespace, name)
                 if obj is None or obj["metadata"].get("deletionTimestamp"):
                     return            # gone, or going: the deletion handler takes over
                 ctx = _context(k, obj)
                 wait = engine.advance(ctx)
+                last = ctx.obj
             metrics.track(ctx.uid, ctx.status.phase if wait is not None else None, ctx.rollback.spec.severity,
                           ctx.status.deadline if ctx.status.phase not in engine.TERMINAL_PHASES else None)
             errors = 0
         except Conflict:
+            last = None
             wait = Wait(at=utcnow(), reason="the Rollback changed while it was being written; re-reading it")
         except Exception as e:  # noqa: BLE001 - any other failure is retried with backoff, then recorded
+            last = None
             errors += 1
             metrics.ERRORS.inc()
             what = _describe(e)

@@ -102,7 +102,9 @@ def _plan(ctx: Context) -> Wait | None:
     ctx.condition(C.RECONCILING, "True", C.EXECUTING, "The plan is fixed; executing it.")
     notifications.queue(ctx, NotificationEvent.STARTED,
                         f"{spec.severity} rollback started ({spec.reason}); plan of {len(steps)} step(s): {summary}.")
-    ctx.save()
+    # Not saved here: the first write of the run carries the plan, whether the outbox's (it saves
+    # before sending) or the first step's (every step saves its intent, or its outcome, before
+    # any side effect), so the plan and the first intent cost one write.
     ctx.emit("Normal", "Planned", f"{spec.severity} rollback requested ({spec.reason}); plan of "
                                   f"{len(steps)} step(s): {summary}")
     notifications.deliver(ctx)   # people hear of it before the first step, not after

@@ -141,6 +141,7 @@ def _saver(k: Kube, namespace: str, name: str, obj: dict):
         diff = merge_diff(current["obj"].get("status") or {}, status)
         if not diff:
             return current["obj"]
+        log.debug("%s/%s: status write of %s", namespace, name, ", ".join(sorted(diff)))
         for _ in range(3):
             body = {"metadata": {"resourceVersion": current["obj"]["metadata"]["resourceVersion"]},
                     "status": diff}

@@ -6,67 +6,17 @@ from __future__ import annotations
 
 import base64
 import datetime
-import socket
-import ssl
-import threading
-from pathlib import Path
 
 import pytest
 from kubernetes import client
 
 from rewind_testbed.certs import issue, pki
+from tlsservers import ReloadingTlsServer
 from helpers import condition, kubectl_apply, wait_for, wait_phase
 from rewind.adapters import tls
 
 pytestmark = pytest.mark.cluster
 HOST = "www.instylehairboutique.co.za"
-
-
-class ReloadingTlsServer:
-    """Serves tls.crt/tls.key of a Secret on 127.0.0.1, picking up changes within a moment."""
-
-    def __init__(self, core, namespace: str, secret: str, workdir: Path):
-        self.core, self.namespace, self.secret, self.dir = core, namespace, secret, workdir
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.version = None
-        self.stop = threading.Event()
-        self._reload()
-        threading.Thread(target=self._watch, daemon=True).start()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _reload(self):
-        s = self.core.read_namespaced_secret(self.secret, self.namespace)
-        if s.metadata.resource_version != self.version:
-            (self.dir / "tls.crt").write_bytes(base64.b64decode(s.data["tls.crt"]))
-            (self.dir / "tls.key").write_bytes(base64.b64decode(s.data["tls.key"]))
-            self.version = s.metadata.resource_version
-
-    def _watch(self):
-        while not self.stop.wait(0.2):
-            try:
-                self._reload()
-            except Exception:  # noqa: BLE001 - the test fails on what it serves, not here
-                pass
-
-    def _serve(self):
-        self.sock.settimeout(0.5)
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            try:
-                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                ctx.load_cert_chain(self.dir / "tls.crt", self.dir / "tls.key")
-                with ctx.wrap_socket(conn, server_side=True) as t:
-                    t.recv(1)
-            except (OSError, ssl.SSLError):
-                conn.close()
-
-    def close(self):
-        self.stop.set()
-        self.sock.close()
 
 
 def tls_secret(name, leaf, inter, root, track=True):

@@ -1,6 +1,6 @@
 """What a step sees of the run: the Rollback, its status, the ledger helper, and how to wait.
 
-Every step kind has the same contract (see `steps/__init__.py`): a read-only `preflight` and an
+Every step kind has the same contract (see `registry.py`): a read-only `preflight` and an
 `advance(ctx, step, rec)` that returns None when the step is finished, or a `Wait`: until when
 at the latest to look again, and which object's change wakes it earlier. Waiting costs no write:
 the handler wakes on a watch of that object or on the timer, never on a kopf retry.

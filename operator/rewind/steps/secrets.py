@@ -10,7 +10,7 @@ someone else. No value ever leaves a Secret: status holds key names, sizes and h
 from __future__ import annotations
 
 from rewind.adapters.kube import JSON_PATCH, SECRETS, Kube, KubeError
-from rewind.adapters.secrets import read_key, read_secret  # noqa: F401 - read_key: see database
+from rewind.adapters.secrets import read_secret
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
     PREVIOUS, CertificateTarget, PlanStep, SecretChange, SecretTarget, StepAction, StepKind,

@@ -19,8 +19,8 @@ def advance_action(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None
     ctx.begin(step, rec, f"Running {action.action} ({action.name}) on {action.table} in {staging}.", C.DATABASE_RESTORED)
     target = connection.target(ctx.kube, ctx.namespace, spec)
     filters = [(f.column, f.equals) for f in action.where or []]
-    with connection.connect(target, staging) as conn:
-        rows = connection.call(db.clear_columns, conn, action.table, action.columns, filters,
+    with db.connect(target, staging) as conn:
+        rows = db.clear_columns(conn, action.table, action.columns, filters,
                                action.statement_timeout_seconds)
     where = " and ".join(f"{c} matches" for c, _ in filters) or "all rows"
     ctx.succeed(step, rec, f"{action.action} ({action.name}): {', '.join(action.columns)} cleared in "

@@ -1,8 +1,8 @@
 """The operator's own connection to PostgreSQL, for the work it does itself rather than in a Job
 (preflight, the restore's fence, verify, actions, the swap).
 
-The URL is read from the Secret at each use and held only in memory. The adapter's errors become
-step failures with their reason and message kept: those name host, port, user and database,
+The URL is read from the Secret at each use and held only in memory. The adapter's errors are the
+one error shape the engine records (reason and message): they name host, port, user and database,
 never the password, and that is all of them that reaches status.
 """
 
@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import base64
 import datetime
-from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from rewind.adapters import db
 from rewind.adapters.kube import Kube
 from rewind.api.v1alpha1 import DatabaseSpec, PlanStep
 from rewind.context import Context, StepFailed, Wait
-from rewind.steps.secrets import read_secret
+from rewind.adapters.secrets import read_secret
 
 # The ledger lives here: the live database cannot hold it, since the swap renames it.
 MAINTENANCE_DB = "postgres"
@@ -42,24 +40,6 @@ def target(kube: Kube, namespace: str, spec: DatabaseSpec) -> db.Target:
         return db.parse_url(url)
     except db.DatabaseError as e:
         raise StepFailed(e.reason, f"Secret {namespace}/{ref.name} key {ref.key!r}: {e.message}") from None
-
-
-def call(fn: Callable, *args, **kw):
-    """An adapter call, its errors as step failures."""
-    try:
-        return fn(*args, **kw)
-    except db.DatabaseError as e:
-        raise StepFailed(e.reason, e.message) from None
-
-
-@contextmanager
-def connect(target: db.Target, dbname: str | None = None) -> Iterator:
-    """db.connect, its errors as step failures."""
-    try:
-        with db.connect(target, dbname) as conn:
-            yield conn
-    except db.DatabaseError as e:
-        raise StepFailed(e.reason, e.message) from None
 
 
 def locked(ctx: Context, step: PlanStep) -> Wait:

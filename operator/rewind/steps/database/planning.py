@@ -25,10 +25,10 @@ def resolve(kube: Kube, ns: str, uid: str, spec: DatabaseSpec) -> list[PlanStep]
     """Preflight: the Secret, the URL, the server, the names. Reads only; raises StepFailed."""
     target = connection.target(kube, ns, spec)
     live = target.dbname
-    with connection.connect(target) as conn:
+    with db.connect(target) as conn:
         conn.execute("SELECT 1")
-    with connection.connect(target, MAINTENANCE_DB) as conn:
-        connection.call(db.check_ledger, conn)   # reads only: the restore step creates it
+    with db.connect(target, MAINTENANCE_DB) as conn:
+        db.check_ledger(conn)   # reads only: the restore step creates it
         if not db.can_swap(conn, live):
             raise StepFailed(C.FORBIDDEN, f"role {target.user!r} may not rename database {live!r}: "
                                           "it needs CREATEDB and to own the database (or be superuser)")

@@ -32,8 +32,8 @@ def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | Non
     ref = f"{src.claim_name}:{src.path}"
     ctx.begin(step, rec, f"Restoring {ref} into the staging database {staging}.", C.DATABASE_RESTORED)
     target = connection.target(ctx.kube, ctx.namespace, spec)
-    with connection.connect(target, MAINTENANCE_DB) as conn:
-        connection.call(db.ensure_ledger, conn)
+    with db.connect(target, MAINTENANCE_DB) as conn:
+        db.ensure_ledger(conn)
         if not db.try_lock(conn, f"rewind:{ctx.uid}:restore"):
             return connection.locked(ctx, step)
         fence = db.ledger_state(conn, ctx.uid, "restore")
@@ -42,7 +42,7 @@ def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | Non
             fence = db.ledger_state(conn, ctx.uid, "restore")
         if fence == "claimed":
             exists, comment = db.database_comment(conn, staging)
-            if exists and comment is None and connection.call(db.is_empty, target, staging):
+            if exists and comment is None and db.is_empty(target, staging):
                 # Our CREATE DATABASE went through and the crash came before its COMMENT.
                 db.set_comment(conn, staging, staging_comment(ctx.uid))
                 comment = staging_comment(ctx.uid)

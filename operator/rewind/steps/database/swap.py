@@ -38,8 +38,8 @@ def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     staging, pre = staging_name(live, ctx.uid), pre_name(live, ctx.uid)
     ctx.begin(step, rec, f"Swapping {staging} in as {live}; the current {live} becomes {pre}.", C.DATABASE_RESTORED)
     target = connection.target(ctx.kube, ctx.namespace, spec)
-    with connection.connect(target, MAINTENANCE_DB) as conn:
-        connection.call(db.ensure_ledger, conn)
+    with db.connect(target, MAINTENANCE_DB) as conn:
+        db.ensure_ledger(conn)
         if not db.try_lock(conn, f"rewind:{ctx.uid}:swap"):
             return connection.locked(ctx, step)
         fence = db.ledger_state(conn, ctx.uid, "swap")
@@ -56,7 +56,7 @@ def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
                 if left:
                     return _sessions_wait(ctx, step, rec, live, left, spec.terminate_connections)
                 crashpoints.reach("DatabaseSwap:before-rename")
-                connection.call(db.swap, conn, live=live, staging=staging, pre=pre, uid=ctx.uid,
+                db.swap(conn, live=live, staging=staging, pre=pre, uid=ctx.uid,
                                 ledger_step="swap")
                 crashpoints.reach("DatabaseSwap:after-rename")
             except BaseException:

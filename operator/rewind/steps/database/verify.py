@@ -19,7 +19,7 @@ def advance_verify(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None
     target = connection.target(ctx.kube, ctx.namespace, spec)
     expected = (ctx.status.database.backup_row_counts if ctx.status.database else None) or {}
     tables = list(dict.fromkeys([*spec.verify.tables, *sorted(expected)]))
-    with connection.connect(target, staging) as conn:
+    with db.connect(target, staging) as conn:
         counts = db.table_counts(conn, tables)
     now = ctx.clock()
     results, failures = [], []

@@ -32,6 +32,8 @@ RELEASE = "rewind"
 NAMESPACE = "rewind-system"
 SETTINGS = ["--set", "crds.install=false"]
 RBAC_KINDS = {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+ADMISSION_KINDS = {"MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding",
+                   "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 NAMESPACE_DOC = f"""\
 apiVersion: v1
@@ -94,10 +96,13 @@ def header(what: str) -> str:
 def render(helm: Path) -> dict[Path, str]:
     docs = split_documents(helm_template(helm, *SETTINGS))
     rbac = [d for d in docs if yaml.safe_load(d)["kind"] in RBAC_KINDS]
-    rest = [d for d in docs if yaml.safe_load(d)["kind"] not in RBAC_KINDS]
+    admission = [d for d in docs if yaml.safe_load(d)["kind"] in ADMISSION_KINDS]
+    rest = [d for d in docs if yaml.safe_load(d)["kind"] not in RBAC_KINDS | ADMISSION_KINDS]
     return {
         MANIFESTS / "operator.yaml": header("The Rewind operator, cluster-wide, in the namespace " + NAMESPACE + ".")
         + "---\n".join([NAMESPACE_DOC, *rest]),
+        MANIFESTS / "admission.yaml": header("Who created a Rollback or a RollbackApproval, stamped by the API server "
+                                             "(admission policies).") + "---\n".join(admission),
         MANIFESTS / "rbac.yaml": header("The Rewind operator's RBAC: its ServiceAccount's roles, bound cluster-wide.") + "---\n".join(rbac),
     }
 

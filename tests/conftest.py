@@ -19,10 +19,24 @@ OPERATOR_NS = "rewind-test-system"
 OPERATOR_SA = "rewind-operator"
 
 
+ADMISSION = REPO / "manifests" / "admission.yaml"
+# The test bed's platform policy: no approvals (the authorization tests set their own policy in
+# their namespace), and the operator may connect to loopback only, where every test server listens.
+TEST_BED_POLICY = {
+    "apiVersion": "rewind.dev/v1alpha1", "kind": "ClusterRollbackPolicy",
+    "metadata": {"name": "default"},
+    "spec": {"egress": [{"cidr": "127.0.0.0/8"}, {"cidr": "::1/128"}]},
+}
+
+
 @pytest.fixture(scope="session")
 def rollback_crd(cluster):
-    """The committed CRD, installed the way a user installs it."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    """The committed CRDs and admission policies, installed the way a user installs them, and the
+    test bed's ClusterRollbackPolicy."""
+    import yaml
+
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD.parent))
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ADMISSION))
     # kubectl wait errors out at once (".status.conditions accessor error") while the new CRD has
     # no conditions yet, instead of waiting: ask again until it answers.
     wait_for("CRD established", lambda: cluster.kubectl(
@@ -30,6 +44,8 @@ def rollback_crd(cluster):
         check=False).returncode == 0, timeout=60)
     wait_for("rollbacks served", lambda: cluster.kubectl(
         "get", "rollbacks", "-A", check=False).returncode == 0, timeout=30)
+    wait_for("policies served", lambda: cluster.kubectl(
+        "apply", "-f", "-", input=yaml.safe_dump(TEST_BED_POLICY), check=False).returncode == 0, timeout=30)
     return CRD
 
 

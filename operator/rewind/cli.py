@@ -1,7 +1,7 @@
 """The `rewind` command line (also installed as `kubectl-rewind`, so `kubectl rewind` works).
 
     rewind run [--namespace NS ...] [--kubeconfig PATH]   run the operator
-    rewind crd [--write]                                  render the Rollback CRD from the models
+    rewind crd [--write]                                  render the CRDs from the models
     rewind history secret/NAME [-n NS]                    a tracked Secret's recorded versions
                                                           (key names, sizes, hashes; never values)
     rewind report NAME [-n NS]                            a Rollback's incident report
@@ -21,6 +21,7 @@ from pathlib import Path
 from rewind import __version__
 
 REPO_CRD = Path(__file__).resolve().parents[2] / "crds" / "rollbacks.rewind.dev.yaml"
+REPO_POLICY_CRDS = REPO_CRD.with_name("policies.rewind.dev.yaml")
 
 
 class JsonFormatter(logging.Formatter):
@@ -85,15 +86,16 @@ def _run(args) -> int:
 
 
 def _crd(args) -> int:
-    from rewind.api.crd import render_yaml
+    from rewind.api.crd import render_policy_yaml, render_yaml
 
-    text = render_yaml()
-    if args.write:
-        REPO_CRD.parent.mkdir(parents=True, exist_ok=True)
-        REPO_CRD.write_text(text)
-        print(f"wrote {REPO_CRD}")
-    else:
-        sys.stdout.write(text)
+    texts = {REPO_CRD: render_yaml(), REPO_POLICY_CRDS: render_policy_yaml()}
+    for path, text in texts.items():
+        if args.write:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+        else:
+            sys.stdout.write(text if path == REPO_CRD else "---\n" + text)
     return 0
 
 

@@ -42,12 +42,15 @@ class Reader(Protocol):
 
 @dataclass(frozen=True)
 class Request:
-    """What preflight is asked about: the Rollback's identity and its parsed spec."""
+    """What preflight is asked about: the Rollback's identity, its parsed spec, and the policy it
+    runs under (where the operator may connect, which Job images it may run)."""
 
     namespace: str
     name: str
     uid: str
     spec: object                  # api.v1alpha1.RollbackSpec
+    policy: object = None         # api.policy.RollbackPolicySpec (None: api.policy.SEED_POLICY)
+    job_images: tuple[str, ...] = ()   # the images database Jobs may run (policy, else --job-image)
 
 
 @dataclass
@@ -98,6 +101,8 @@ class Context:
     emit: Callable[[str, str, str], None]            # (type, reason, message) -> Event
     clock: Callable[[], datetime.datetime] = utcnow
     rollback: Rollback = field(init=False)
+    _policy: object = field(default=None, init=False, repr=False)
+    _policy_name: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.rollback = Rollback.model_validate(self.obj)
@@ -124,7 +129,22 @@ class Context:
 
     @property
     def request(self) -> Request:
-        return Request(self.namespace, self.name, self.uid, self.rollback.spec)
+        from rewind import authz
+        return Request(self.namespace, self.name, self.uid, self.rollback.spec, self.policy,
+                       authz.job_images(self.policy))
+
+    @property
+    def policy(self):
+        """The policy this Rollback runs under (api.policy.RollbackPolicySpec), read once per pass."""
+        if self._policy is None:
+            from rewind import authz
+            self._policy_name, self._policy = authz.load_policy(self.kube, self.namespace)
+        return self._policy
+
+    @property
+    def policy_name(self) -> str:
+        self.policy
+        return self._policy_name
 
     def condition(self, type_: str, status: str, reason: str, message: str) -> None:
         current = [c.dump() for c in self.status.conditions]

@@ -16,7 +16,7 @@ from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
     TERMINAL_PHASES, NotificationEvent, Phase, PlanStep, ReportRef, StepAction, StepKind, StepRecord, StepState,
 )
-from rewind import metrics, registry
+from rewind import authz, metrics, registry
 from rewind.api.errors import ReasonedError
 from rewind.context import Context, Wait, earliest, utcnow
 from rewind.steps import hooks, jobs, notifications, report
@@ -70,6 +70,17 @@ def _plan(ctx: Context) -> Wait | None:
     # refusal. It is guarded by resourceVersion and generation, so a spec changed meanwhile is
     # planned again; from that write on the spec is immutable (CEL rule on status.startedAt).
 
+    # Who asks, under which policy: an identity the API server did not stamp, or a policy the
+    # operator cannot read, refuses the rollback before anything else is even read.
+    try:
+        requester = authz.check_identity(ctx.kube, spec)
+        ctx.status.policy = ctx.policy_name
+        authz.check_images(spec, ctx.request.job_images)
+    except ReasonedError as e:
+        message = f"Preflight refused the rollback; nothing was changed: {e.message}"
+        ctx.condition(C.PLANNED, "False", e.reason, message)
+        return _terminal(ctx, Phase.FAILED, e.reason, message)
+
     found, warnings, problems = [], [], []
     for preflight in registry.PREFLIGHTS:
         try:
@@ -87,6 +98,14 @@ def _plan(ctx: Context) -> Wait | None:
         return _terminal(ctx, Phase.FAILED, reason, message)
 
     steps = planning.order(found)
+    try:
+        # Rewind never lends its rights: each write of the plan, asked of the API server for
+        # the requester himself.
+        authz.check_rights(ctx.kube, requester, ctx.namespace, authz.required(spec, steps))
+    except ReasonedError as e:
+        message = f"Preflight refused the rollback; nothing was changed: {e.message}"
+        ctx.condition(C.PLANNED, "False", e.reason, message)
+        return _terminal(ctx, Phase.FAILED, e.reason, message)
     ctx.status.plan = steps
     ctx.status.steps = planning.initial_ledger(steps)
     ctx.status.progress = planning.progress(ctx.status.steps)

@@ -480,6 +480,16 @@ class Monitoring(_Model):
     alertmanager: AlertmanagerSilence | None = None
 
 
+class Requester(_Model):
+    """A user as the API server authenticated them (request.userInfo), stamped at admission by
+    the MutatingAdmissionPolicy rewind-requester; never set by hand (a forged one is overwritten,
+    a changed one refused)."""
+
+    username: str = Field(max_length=1024)
+    uid: str | None = Field(None, max_length=1024)
+    groups: list[Annotated[str, Field(max_length=1024)]] | None = Field(None, max_length=256)
+
+
 class RollbackSpec(_Model):
     """What to roll back, why, and how urgently."""
 
@@ -492,7 +502,12 @@ class RollbackSpec(_Model):
     severity: Severity = Field(description="Critical, High, Medium or Low; sets the deadline.")
     reason: str = Field(min_length=1, max_length=1024,
                         description="Why the rollback is needed; goes into Events and the report.")
-    requested_by: str | None = Field(None, max_length=256, description="Who asked for it (declared).")
+    requested_by: str | None = Field(None, max_length=256, description="Who asked for it, as a "
+                                     "name people know (declared, shown only); spec.requester is the identity.")
+    requester: Requester | None = Field(None, description="Who created the Rollback, stamped by the API "
+                                        "server at admission; Rewind acts only within this user's rights.")
+    break_glass: bool = Field(False, description="Start before the approvals are in, where the policy "
+                                                 "allows it; loudly notified, approvals collected afterwards.")
     dry_run: bool = Field(False, description="Plan and preflight only: record the diffs, change nothing.")
     application: list[WorkloadTarget] | None = Field(
         None, min_length=1, max_length=16,
@@ -524,6 +539,8 @@ class RollbackSpec(_Model):
 
 class Phase(str, Enum):
     PENDING = "Pending"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    WAITING_FOR_TARGET = "WaitingForTarget"   # another Rollback holds one of its targets
     RUNNING = "Running"
     PLANNED = "Planned"        # dry run finished
     SUCCEEDED = "Succeeded"
@@ -711,6 +728,26 @@ class ReportRef(_Model):
     deadline: datetime.datetime | None = Field(None, description="Until when writing the report is retried.")
 
 
+class ApprovalRecord(_Model):
+    """A RollbackApproval as the operator judged it (identity from the API server, role from RBAC)."""
+
+    approval: str = Field(description="The RollbackApproval object.")
+    role: str
+    approver: str = Field(description="Username the API server stamped on the approval.")
+    decision: str
+    at: datetime.datetime | None = None
+    counted: bool = Field(description="Whether it counts toward the policy's approvals.")
+    reason: str | None = Field(None, description="Why it does not count: NotInRole, SelfApproval, "
+                                                 "Expired, OtherRollback.")
+
+
+class TargetLease(_Model):
+    """A coordination.k8s.io Lease the rollback holds on one target while it runs."""
+
+    lease: str = Field(description="namespace/name of the Lease.")
+    target: str = Field(description="What it guards, e.g. Deployment booking/web.")
+
+
 class RollbackStatus(_Model):
     observed_generation: int | None = None
     phase: Phase | None = None
@@ -730,6 +767,12 @@ class RollbackStatus(_Model):
     notifications: list[NotificationRecord] = Field(default_factory=list)
     hooks: HookStatus | None = None
     report: ReportRef | None = None
+    approvals: list[ApprovalRecord] = Field(default_factory=list)
+    approved_at: datetime.datetime | None = Field(None, description="When the policy's approvals were "
+                                                  "complete (or the break-glass start).")
+    break_glass: bool | None = Field(None, description="Started before its approvals were in.")
+    leases: list[TargetLease] = Field(default_factory=list, description="Targets held while running.")
+    policy: str | None = Field(None, description="The policy the rollback runs under.")
 
 
 class Rollback(BaseModel):

@@ -29,6 +29,20 @@ stays a valid object name.
 {{- end -}}
 {{- end -}}
 
+{{/*
+The namespaces the operator watches, as a JSON list (read it with `include ... | fromJsonArray`):
+watchNamespaces, else the release's namespace; [] when clusterWide (every namespace).
+*/}}
+{{- define "rewind.watchedNamespaces" -}}
+{{- if .Values.clusterWide -}}
+{{- list | toJson -}}
+{{- else if .Values.watchNamespaces -}}
+{{- .Values.watchNamespaces | toJson -}}
+{{- else -}}
+{{- list .Release.Namespace | toJson -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "rewind.peeringName" -}}
 {{- default (include "rewind.fullname" .) .Values.leaderElection.peeringName -}}
 {{- end -}}
@@ -66,6 +80,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- if and .Values.metrics.serviceMonitor.enabled (not (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor")) -}}
 {{- fail "metrics.serviceMonitor.enabled needs the ServiceMonitor CRD (monitoring.coreos.com/v1, from the Prometheus Operator) in the cluster; with `helm template`, pass --api-versions monitoring.coreos.com/v1/ServiceMonitor" -}}
+{{- end -}}
+{{- if and .Values.clusterWide .Values.watchNamespaces -}}
+{{- fail (printf "clusterWide=true watches every namespace: leave watchNamespaces empty (it lists %s), or set clusterWide=false to watch only those" (join ", " .Values.watchNamespaces)) -}}
 {{- end -}}
 {{- if eq (int .Values.ports.health) (int .Values.metrics.port) -}}
 {{- fail "ports.health and metrics.port must differ (two servers listen on them)" -}}

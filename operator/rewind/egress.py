@@ -217,3 +217,30 @@ def check_url(url: str, rules: Sequence[EgressRule] | None, *, secret: str | Non
     u = httpx.URL(url.strip())
     port = u.port or (443 if u.scheme == "https" else 80)
     return resolve(u.host, port, rules, secret=secret)
+
+
+def failure(e: BaseException) -> str:
+    """Why a connection or exchange failed, in the few words a status may carry: an exception's
+    text is never shown (it can hold what the endpoint said, or tell open ports from closed ones
+    in more detail than this)."""
+    import ssl
+
+    chain, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    has = lambda *types: any(isinstance(x, types) for x in chain)  # noqa: E731
+    if has(ssl.SSLCertVerificationError) or any("CERTIFICATE_VERIFY_FAILED" in str(x) for x in chain):
+        return "certificate not trusted"
+    if has(ConnectionRefusedError):
+        return "connection refused"
+    if has(TimeoutError, socket.timeout, httpx.TimeoutException, httpcore.TimeoutException):
+        return "timed out"
+    if has(socket.gaierror):
+        return "name did not resolve"
+    if has(ssl.SSLError):
+        return "TLS handshake failed"
+    if has(ConnectionResetError, BrokenPipeError, httpx.RemoteProtocolError, httpcore.RemoteProtocolError):
+        return "connection closed"
+    return "connection failed"

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
+from rewind import egress
 from rewind.adapters.http import BodyTooLarge, BodyTooSlow, read_capped
 from rewind.api.errors import ReasonedError
 
@@ -45,37 +46,32 @@ def _where(url: str) -> str:
     return f"{u.scheme}://{u.host}{port}{u.path.rstrip('/')}"
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    return " ".join(text.split())[:limit]
+# Alertmanager's own reasons for refusing a silence, as it words them: the only answer text shown
+# (whatever answers at the URL says is otherwise never quoted).
+KNOWN_REASONS = ("invalid regular expression", "at least one matcher must not match the empty string",
+                 "matchers in body should have at least 1 items", "start time must be before end time",
+                 "end time must not be in the past", "silence not found", "silence ID mismatch",
+                 "404 page not found")
 
 
 def _server_reason(body: bytes) -> str:
-    """Alertmanager says why as a JSON string (its own checks) or {"message"} (request schema)."""
-    text = body.decode("utf-8", errors="replace")
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        # A short plain-text reason (Alertmanager's own router) is quoted; anything else (a
-        # proxy's error page) is not: it is not Alertmanager's, and may echo the request.
-        short = text.strip()
-        return short if len(short) <= 120 and "\n" not in short and "<" not in short else \
-            "an answer that is not Alertmanager's (a proxy in between?)"
-    if isinstance(doc, dict) and isinstance(doc.get("message"), str):
-        return _one_line(doc["message"])
-    return _one_line(doc if isinstance(doc, str) else text)
+    text = body[:4096].decode("utf-8", errors="replace")
+    known = next((r for r in KNOWN_REASONS if r in text), None)
+    return known or "its answer is not shown (an endpoint's text is never copied into status)"
 
 
 def _call(method: str, base_url: str, path: str, *, timeout: float, verify: Verify,
-          absent: tuple[int, ...] = (), json_body: dict | None = None, auth: Auth = None):
-    """The decoded JSON answer of one request; None for a status in `absent` with an empty body."""
+          absent: tuple[int, ...] = (), json_body: dict | None = None, auth: Auth = None, rules=None):
+    """The decoded JSON answer of one request; None for a status in `absent` with an empty body.
+    Connects only where `rules` (the policy's egress) allow; EgressDenied otherwise."""
     where = _where(base_url)
     what = f"Alertmanager at {where} ({method} {path})"
     t0 = time.monotonic()
     try:
         basic = auth if isinstance(auth, tuple) else None
         headers = {"Authorization": f"Bearer {auth}"} if isinstance(auth, str) else {}
-        with httpx.Client(verify=verify, follow_redirects=False, timeout=timeout, auth=basic,
-                          headers=headers) as client:
+        with egress.http_client(rules, verify=verify, follow_redirects=False, timeout=timeout,
+                                auth=basic, headers=headers) as client:
             with client.stream(method, base_url.rstrip("/") + path, json=json_body) as response:
                 try:
                     body = read_capped(response, MAX_BODY, t0 + timeout)
@@ -85,28 +81,24 @@ def _call(method: str, base_url: str, path: str, *, timeout: float, verify: Veri
                 except BodyTooSlow:
                     raise AlertmanagerError(UNREACHABLE, f"{what} did not finish its answer "
                                                          f"within {timeout:g}s") from None
+    except egress.HostNotFound as e:
+        raise AlertmanagerError(UNREACHABLE, f"{what} is unreachable: {e.message}") from None
     except (httpx.InvalidURL, UnicodeError, ValueError):
         raise AlertmanagerError(UNREACHABLE, f"{what}: the URL is not valid") from None
-    except httpx.ConnectError as e:
-        why = ("its TLS certificate is not trusted" if "CERTIFICATE_VERIFY_FAILED" in str(e)
-               else f"connection failed: {_one_line(str(e), 120)}")
-        raise AlertmanagerError(UNREACHABLE, f"{what} is unreachable: {why}") from None
     except httpx.TimeoutException:
         raise AlertmanagerError(UNREACHABLE, f"{what} did not answer within {timeout:g}s") from None
     except httpx.HTTPError as e:
-        raise AlertmanagerError(UNREACHABLE, f"{what} failed: {type(e).__name__}") from None
+        why = egress.failure(e)
+        why = "its TLS certificate is not trusted" if why == "certificate not trusted" else f"connection failed: {why}"
+        raise AlertmanagerError(UNREACHABLE, f"{what} is unreachable: {why}") from None
     status = response.status_code
     # Alertmanager says "no such silence" with an empty 404; a 404 with a body is a wrong URL (a
     # path prefix, a proxy), which must not pass for a silence already gone.
     if status in absent and not body:
         return None
     if 300 <= status < 400:
-        try:
-            target = _where(str(response.url.join(response.headers.get("location", ""))))
-        except (httpx.InvalidURL, AlertmanagerError):
-            target = "another address"
-        raise AlertmanagerError(REFUSED, f"{what} answered {status}, a redirect to {target} that "
-                                         f"is not followed; point the URL at Alertmanager itself")
+        raise AlertmanagerError(REFUSED, f"{what} answered {status}, a redirect that is not "
+                                         f"followed; point the URL at Alertmanager itself")
     if status in (401, 403):
         raise AlertmanagerError(REFUSED, f"{what} answered {status}: access refused "
                                          f"(authentication needed, or not accepted)")
@@ -132,7 +124,8 @@ def _silence_path(silence_id: str) -> str:
 
 
 def create_silence(base_url: str, matchers: list[dict], *, ends_at: datetime, created_by: str,
-                   comment: str, timeout: float = 10, verify: Verify = True, auth: Auth = None) -> str:
+                   comment: str, timeout: float = 10, verify: Verify = True, auth: Auth = None,
+                   rules=None) -> str:
     """Silences, from now until `ends_at`, the alerts whose labels match every matcher
     ({"name", "value", "isRegex", "isEqual"}); returns the silence's id."""
     body = {
@@ -144,7 +137,7 @@ def create_silence(base_url: str, matchers: list[dict], *, ends_at: datetime, cr
         "comment": comment,
     }
     answer = _call("POST", base_url, "/api/v2/silences", json_body=body, timeout=timeout,
-                   verify=verify, auth=auth)
+                   verify=verify, auth=auth, rules=rules)
     silence_id = answer.get("silenceID") if isinstance(answer, dict) else None
     if not isinstance(silence_id, str) or not silence_id:
         raise AlertmanagerError(REFUSED, f"Alertmanager at {_where(base_url)} accepted the silence "
@@ -153,10 +146,10 @@ def create_silence(base_url: str, matchers: list[dict], *, ends_at: datetime, cr
 
 
 def find_silence(base_url: str, marker: str, *, timeout: float = 10,
-                 verify: Verify = True, auth: Auth = None) -> str | None:
+                 verify: Verify = True, auth: Auth = None, rules=None) -> str | None:
     """The id of an active or pending silence whose comment contains `marker` (the one that ends
     last, should there be several), or None."""
-    answer = _call("GET", base_url, "/api/v2/silences", timeout=timeout, verify=verify, auth=auth)
+    answer = _call("GET", base_url, "/api/v2/silences", timeout=timeout, verify=verify, auth=auth, rules=rules)
     if not isinstance(answer, list):
         raise AlertmanagerError(REFUSED, f"Alertmanager at {_where(base_url)} answered the "
                                          f"silence list with something that is not a list")
@@ -169,20 +162,20 @@ def find_silence(base_url: str, marker: str, *, timeout: float = 10,
 
 
 def expire_silence(base_url: str, silence_id: str, *, timeout: float = 10,
-                   verify: Verify = True, auth: Auth = None) -> bool:
+                   verify: Verify = True, auth: Auth = None, rules=None) -> bool:
     """Expires the silence now. Idempotent: True also when it had expired already or is gone
     (Alertmanager forgets expired silences after its retention); failures raise."""
     _call("DELETE", base_url, _silence_path(silence_id), absent=(404,), timeout=timeout,
-          verify=verify, auth=auth)
+          verify=verify, auth=auth, rules=rules)
     return True
 
 
 def silence_state(base_url: str, silence_id: str, *, timeout: float = 10,
-                  verify: Verify = True, auth: Auth = None) -> str | None:
+                  verify: Verify = True, auth: Auth = None, rules=None) -> str | None:
     """The silence's state, "active", "pending" or "expired"; None when Alertmanager has no such
     silence."""
     answer = _call("GET", base_url, _silence_path(silence_id), absent=(404,), timeout=timeout,
-                   verify=verify, auth=auth)
+                   verify=verify, auth=auth, rules=rules)
     if answer is None:
         return None
     state = answer.get("status", {}).get("state") if isinstance(answer, dict) else None

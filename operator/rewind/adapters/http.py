@@ -1,5 +1,5 @@
-"""HTTP checks (httpx): one measurement of an endpoint. TLS is verified unless the check says
-otherwise, redirects are not followed (a 302 elsewhere is not the service being healthy), and no
+"""HTTP checks (httpx): one measurement of an endpoint. Connections go only where the policy's
+egress allows (see egress.py), TLS is verified unless the check says otherwise, redirects are not followed (a 302 elsewhere is not the service being healthy), and no
 more than MAX_BODY bytes are read, so a huge or never-ending body cannot stall the operator."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import time
 
 import httpx
 
+from rewind import egress
 from rewind.adapters.measurement import Measurement
+from rewind.api.errors import ReasonedError
 from rewind.api.v1alpha1 import HttpCheck
 
 MAX_BODY = 1024 * 1024
@@ -53,12 +55,15 @@ def json_value(document, path: str):
     return value
 
 
-def measure(check: HttpCheck) -> Measurement:
+def measure(check: HttpCheck, rules=None) -> Measurement:
+    """One measurement, connecting only where `rules` (the policy's egress) allow. The detail
+    says what the endpoint answered in fixed words only (status code, latency, a reason): never
+    its body, a value in it, a header or an exception's text."""
     t0 = time.monotonic()
     shown = redact(check.url)
     try:
-        with httpx.Client(verify=not check.insecure_skip_tls_verify, follow_redirects=False,
-                          timeout=check.timeout_seconds) as client:
+        with egress.http_client(rules, verify=not check.insecure_skip_tls_verify,
+                                follow_redirects=False, timeout=check.timeout_seconds) as client:
             with client.stream(check.method, check.url) as response:
                 try:
                     body = read_capped(response, MAX_BODY, t0 + check.timeout_seconds)
@@ -67,19 +72,18 @@ def measure(check: HttpCheck) -> Measurement:
                                      f"than {MAX_BODY // 1024} KiB")
                 except BodyTooSlow:
                     return _m(False, f"{shown} did not finish its body within {check.timeout_seconds}s")
+    except ReasonedError as e:          # refused by the egress policy, or a name that does not resolve
+        return _m(False, e.message)
     except (httpx.InvalidURL, UnicodeError, ValueError):
         return _m(False, f"{shown}: the URL is not valid")
-    except httpx.ConnectError as e:
-        reason = "its TLS certificate is not trusted" if "CERTIFICATE_VERIFY_FAILED" in str(e) else "connection failed"
-        return _m(False, f"{shown}: {reason}")
     except httpx.TimeoutException:
         return _m(False, f"{shown} did not answer within {check.timeout_seconds}s")
     except httpx.HTTPError as e:
-        return _m(False, f"{shown}: {type(e).__name__}")
+        return _m(False, f"{shown}: connection failed: {egress.failure(e)}")
     ms = int((time.monotonic() - t0) * 1000)
     status = response.status_code
     if status != check.expect_status:
-        where = f" (redirect to {redact(response.headers.get('location', '?'))} not followed)" if 300 <= status < 400 else ""
+        where = " (a redirect, not followed)" if 300 <= status < 400 else ""
         return _m(False, f"{shown} answered {status}, expected {check.expect_status}{where}")
     if check.max_latency_ms and ms > check.max_latency_ms:
         return _m(False, f"{shown} took {ms} ms, more than {check.max_latency_ms} ms")
@@ -93,7 +97,7 @@ def measure(check: HttpCheck) -> Measurement:
             return _m(False, f"{shown}'s body has no JSON value at {check.json_path}")
         found = value if isinstance(value, str) else json.dumps(value)
         if check.json_equals is not None and found != check.json_equals:
-            return _m(False, f"{check.json_path} is {found[:100]!r}, expected {check.json_equals!r}")
+            return _m(False, f"the JSON value at {check.json_path} differed from the expected value")
     return _m(True, f"{shown} answered {status} in {ms} ms")
 
 
@@ -121,23 +125,29 @@ def check_url(url: str, what: str) -> None:
 
 
 def call(url: str, method: str, body: str | None, *, timeout: float, verify: bool = True,
-         label: str = "the hook", headers: dict[str, str] | None = None) -> tuple[bool, bool, str]:
-    """One call of a hook: (ok on 2xx, worth retrying, detail). The detail names `label`, never
-    the URL (it may come from a Secret). Redirects are not followed; the body is not read."""
+         label: str = "the hook", headers: dict[str, str] | None = None, rules=None,
+         secret: str | None = None) -> tuple[bool, bool, str]:
+    """One call of a hook: (ok on 2xx, worth retrying, detail), connecting only where `rules`
+    allow (`secret`: the Secret the URL came from, named instead of it). The detail names `label`,
+    never the URL (it may come from a Secret). Redirects are not followed; the body is not read."""
     headers = {**({"Content-Type": "application/json"} if body is not None else {}), **(headers or {})}
     try:
-        with httpx.Client(verify=verify, follow_redirects=False, timeout=timeout) as client:
+        with egress.http_client(rules, verify=verify, secret=secret, follow_redirects=False,
+                                timeout=timeout) as client:
             with client.stream(method, url.strip(), content=body, headers=headers) as response:
                 pass
+    except egress.EgressDenied as e:
+        return False, False, f"{label}: {e.message}"
+    except ReasonedError as e:
+        return False, True, f"{label}: {e.message}"
     except (httpx.InvalidURL, UnicodeError, ValueError):
         return False, False, f"{label}: the URL is not valid"
-    except httpx.ConnectError as e:
-        trust = "CERTIFICATE_VERIFY_FAILED" in str(e)
-        return False, not trust, f"{label}: {'its TLS certificate is not trusted' if trust else 'connection failed'}"
     except httpx.TimeoutException:
         return False, True, f"{label} did not answer within {timeout:g}s"
     except httpx.HTTPError as e:
-        return False, True, f"{label}: {type(e).__name__}"
+        why = egress.failure(e)
+        trust = why == "certificate not trusted"
+        return False, not trust, f"{label}: {'its TLS certificate is not trusted' if trust else 'connection failed: ' + why}"
     status = response.status_code
     if 200 <= status < 300:
         return True, False, f"{label} answered {status}"

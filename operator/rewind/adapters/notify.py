@@ -7,9 +7,11 @@ What every attempt guarantees:
   `Idempotency-Key`, an e-mail the caller's `Message-ID`. An answer can be lost after the receiver
   acted (the engine then sends again), so a receiver that drops repeats acts once. A Slack incoming
   webhook has no such header: there, a lost answer can mean a repeated message.
+- Connections go only where the policy's egress allows, to the address that was checked (see
+  egress.py); a refusal is a failed attempt that is not retried.
 - `Delivery.detail` is one line without the URL (Slack and webhook URLs are secrets), a credential,
-  a header value or an answer's body (save Slack's error code, a word like `no_service`). The text
-  of httpx's exceptions is never quoted: it contains the URL.
+  a header value or an answer's body (save Slack's documented error codes, `no_service` and the
+  like, from a fixed list). No exception's text is quoted: it may contain the URL or the answer.
 - TLS is verified (a webhook may opt out); SMTP credentials are only sent over TLS.
 - Redirects are not followed, at most MAX_ANSWER bytes of an answer are read, and no single wait on
   the network is longer than `timeout`.
@@ -22,8 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import re
 import smtplib
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -31,13 +33,19 @@ from email.message import EmailMessage
 
 import httpx
 
-from rewind import __version__
+from rewind import __version__, egress
+from rewind.api.errors import ReasonedError
 from rewind.api.v1alpha1 import SmtpSecurity, SmtpServer
 
 MAX_ANSWER = 4 * 1024
 USER_AGENT = f"rewind/{__version__}"
 RETRYABLE_4XX = frozenset({408, 425, 429})
-_SLACK_ERROR = re.compile(r"[a-z_]{1,64}")
+# Slack's documented incoming-webhook errors: the only answer text ever shown.
+SLACK_ERRORS = frozenset({
+    "invalid_payload", "user_not_found", "channel_not_found", "channel_is_archived",
+    "action_prohibited", "posting_to_general_channel_denied", "too_many_attachments", "no_service",
+    "no_service_id", "no_team", "team_disabled", "invalid_token", "no_text", "missing_text_or_fallback_or_attachments",
+})
 
 
 @dataclass(frozen=True)
@@ -49,21 +57,25 @@ class Delivery:
     detail: str
 
 
-def send_slack(url: str, text: str, *, timeout: float = 5.0) -> Delivery:
-    return _post("Slack", url, {"text": text}, {}, timeout=timeout, verify=True, quote_error=True)
+def send_slack(url: str, text: str, *, timeout: float = 5.0, rules=None, secret: str | None = None) -> Delivery:
+    """`rules`: the policy's egress; `secret`: the Secret the URL came from ("Secret x key y")."""
+    return _post("Slack", url, {"text": text}, {}, timeout=timeout, verify=True, quote_error=True,
+                 rules=rules, secret=secret)
 
 
 def send_webhook(url: str, payload: dict, key: str, *, timeout: float = 5.0,
-                 verify: bool = True) -> Delivery:
-    return _post("The webhook", url, payload, {"Idempotency-Key": key}, timeout=timeout, verify=verify)
+                 verify: bool = True, rules=None, secret: str | None = None) -> Delivery:
+    return _post("The webhook", url, payload, {"Idempotency-Key": key}, timeout=timeout, verify=verify,
+                 rules=rules, secret=secret)
 
 
 def _post(who: str, url: str, payload: dict, headers: dict[str, str], *, timeout: float,
-          verify: bool, quote_error: bool = False) -> Delivery:
+          verify: bool, quote_error: bool = False, rules=None, secret: str | None = None) -> Delivery:
     deadline = time.monotonic() + timeout
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers}
     try:
-        with httpx.Client(verify=verify, follow_redirects=False, timeout=timeout) as client:
+        with egress.http_client(rules, verify=verify, secret=secret, follow_redirects=False,
+                                timeout=timeout) as client:
             # A URL read from a Secret often ends in a newline.
             with client.stream("POST", url.strip(), json=payload, headers=headers) as response:
                 answer = b""
@@ -71,33 +83,38 @@ def _post(who: str, url: str, payload: dict, headers: dict[str, str], *, timeout
                     answer += chunk
                     if len(answer) >= MAX_ANSWER or time.monotonic() > deadline:
                         break
+    except egress.EgressDenied as e:
+        return Delivery(False, False, f"{who}: {e.message}")
+    except ReasonedError as e:          # the name does not resolve (now)
+        return Delivery(False, True, f"{who}: {e.message}")
     except (httpx.InvalidURL, httpx.UnsupportedProtocol):
         return Delivery(False, False, f"{who}: the URL is not a valid http(s) URL")
     except httpx.TimeoutException:
         return Delivery(False, True, f"{who}: timed out after {timeout:g}s")
-    except httpx.ConnectError as e:
-        if "CERTIFICATE_VERIFY_FAILED" in str(e):
-            return Delivery(False, False, f"{who}: its TLS certificate is not trusted")
-        return Delivery(False, True, f"{who}: connection failed")
     except httpx.RemoteProtocolError:
         return Delivery(False, True, f"{who}: the connection closed without an answer")
     except httpx.HTTPError as e:
-        return Delivery(False, True, f"{who}: {type(e).__name__}")
+        why = egress.failure(e)
+        if why == "certificate not trusted":
+            return Delivery(False, False, f"{who}: its TLS certificate is not trusted")
+        return Delivery(False, True, f"{who}: connection failed: {why}")
     status = response.status_code
     if 200 <= status < 300:
         return Delivery(True, False, f"{who} answered {status}")
     if 300 <= status < 400:
         return Delivery(False, False, f"{who} answered {status}, a redirect (not followed)")
     said = answer.decode("ascii", errors="replace").strip()
-    why = f" ({said})" if quote_error and _SLACK_ERROR.fullmatch(said) else ""
+    why = f" ({said})" if quote_error and said in SLACK_ERRORS else ""
     return Delivery(False, status >= 500 or status in RETRYABLE_4XX, f"{who} answered {status}{why}")
 
 
 def send_email(server: SmtpServer, *, sender: str, to: list[str], subject: str, body: str,
                message_id: str, username: str | None = None, password: str | None = None,
-               ca_pem: str | None = None, timeout: float = 10.0) -> Delivery:
+               ca_pem: str | None = None, timeout: float = 10.0, rules=None) -> Delivery:
     """Send one e-mail. `message_id` is its Message-ID header (bracketed if it is not), the same on
-    every attempt. With `ca_pem`, only that CA is trusted; without, the system's roots."""
+    every attempt. With `ca_pem`, only that CA is trusted; without, the system's roots. The server
+    is reached only where `rules` (the policy's egress) allow, at the address that was checked;
+    TLS verifies the host name of the spec."""
     who = f"SMTP server {server.host}:{server.port}"
     security = SmtpSecurity(server.security)
     if (username is None) != (password is None):
@@ -112,10 +129,12 @@ def send_email(server: SmtpServer, *, sender: str, to: list[str], subject: str, 
     message = _message(sender, to, subject, body, message_id)
     stage, smtp = "connect", None
     try:
-        if security == SmtpSecurity.TLS:
-            smtp = smtplib.SMTP_SSL(server.host, server.port, timeout=timeout, context=context)
-        else:
-            smtp = smtplib.SMTP(server.host, server.port, timeout=timeout)
+        host = server.host.strip("[]")
+        pinned = egress.resolve(host, server.port, rules)
+        smtp = (_PinnedSMTPSSL(timeout=timeout, context=context) if security == SmtpSecurity.TLS
+                else _PinnedSMTP(timeout=timeout))
+        smtp.addresses, smtp._host = pinned, host    # _host: the name TLS verifies
+        smtp.connect(host, server.port)
         if security == SmtpSecurity.STARTTLS:
             stage = "STARTTLS"
             smtp.starttls(context=context)
@@ -126,6 +145,10 @@ def send_email(server: SmtpServer, *, sender: str, to: list[str], subject: str, 
         refused = smtp.send_message(message, from_addr=sender, to_addrs=to)
         with contextlib.suppress(smtplib.SMTPException, OSError):
             smtp.quit()       # the message is accepted: a failed goodbye changes nothing
+    except egress.EgressDenied as e:
+        return Delivery(False, False, f"{who}: {e.message}")
+    except ReasonedError as e:
+        return Delivery(False, True, f"{who}: {e.message}")
     except (smtplib.SMTPException, OSError) as e:
         return _smtp_failed(who, stage, e, sender, timeout)
     finally:
@@ -135,6 +158,26 @@ def send_email(server: SmtpServer, *, sender: str, to: list[str], subject: str, 
         return Delivery(True, False, f"{who} accepted the message for {len(to) - len(refused)} of "
                                      f"{len(to)} recipients; it refused {_listed(refused)}")
     return Delivery(True, False, f"{who} accepted the message for {len(to)} recipient(s)")
+
+
+class _PinnedSMTP(smtplib.SMTP):
+    """SMTP to an address that was checked (`addresses`, set before `connect`); TLS still
+    verifies the host name given to `connect`."""
+
+    addresses: list = []
+
+    def _get_socket(self, host, port, timeout):
+        error = OSError("no address")
+        for ip in self.addresses:
+            try:
+                return socket.create_connection((str(ip), port), timeout, self.source_address)
+            except OSError as e:
+                error = e
+        raise error
+
+
+class _PinnedSMTPSSL(smtplib.SMTP_SSL, _PinnedSMTP):
+    """SMTP over TLS to a checked address (SMTP_SSL wraps what _PinnedSMTP connects)."""
 
 
 def _message(sender: str, to: list[str], subject: str, body: str, message_id: str) -> EmailMessage:
@@ -173,10 +216,10 @@ def _smtp_failed(who: str, stage: str, e: Exception, sender: str, timeout: float
     if isinstance(e, smtplib.SMTPException):       # login(): no mechanism both sides know
         return Delivery(False, stage != "AUTH", f"{who}: {stage} failed ({type(e).__name__})")
     if isinstance(e, ssl.SSLCertVerificationError):
-        return Delivery(False, False, f"{who}: its TLS certificate is not trusted ({e.verify_message})")
+        return Delivery(False, False, f"{who}: its TLS certificate is not trusted")
     if isinstance(e, ssl.SSLError):
-        return Delivery(False, False, f"{who}: TLS failed during {stage} ({e.reason or type(e).__name__}); "
+        return Delivery(False, False, f"{who}: TLS handshake failed during {stage}; "
                                       "is smtp.security right for this port?")
     if isinstance(e, TimeoutError):
         return Delivery(False, True, f"{who}: timed out after {timeout:g}s during {stage}")
-    return Delivery(False, True, f"{who}: connection failed ({e.strerror or type(e).__name__})")
+    return Delivery(False, True, f"{who}: connection failed: {egress.failure(e)}")

@@ -9,60 +9,71 @@ What a check's query can do, and what it costs the operator:
 - It runs as a subquery of our own SELECT over the extended protocol, so it is one SELECT,
   VALUES, TABLE or WITH ... SELECT: a second statement (also one that closes our parentheses)
   and a data-modifying WITH are refused. Parameters are bound, never spliced.
-- Each row comes back as its `row_to_json` text. The server stops after rowLimit + 1 rows
-  (LIMIT) and keeps a running total of their size: past MAX_BYTES it sends NULL instead of a
-  row, so a huge value or a million rows cost the operator at most about MAX_BYTES. The server
-  still computes them, within the statement timeout.
-- A detail never shows the URL's password, a parameter value, the query text or a text value
-  found; server messages are shown only for errors that do not quote data.
+- The comparison happens in the database: our SELECT reads at most rowLimit + 1 rows of the
+  query and answers only a row count and booleans (does the single row's first column equal
+  `equals`, is any first column true or non-zero, what kinds of value the first column holds).
+  No value of a row ever reaches the operator, so none can reach status, Events or logs; nor
+  does a server message (it can quote data, e.g. a name built from a row): a failed query is
+  shown by its SQLSTATE only.
+- The database is reached only where the policy's egress allows (TCP hosts, at the address that
+  was checked; TLS verifies the URL's host name).
 
 Limits: READ ONLY covers this database only; a function with effects elsewhere (dblink,
 pg_terminate_backend) still has them, so give checks a read-only role. `equals` compares with the
 value as row_to_json renders it: text as is, numbers and booleans as PostgreSQL prints them,
-dates and times in ISO 8601; cast in the query (`::text`) for PostgreSQL's text form.
+dates and times in ISO 8601, NULL as the text NULL; cast in the query (`::text`) for
+PostgreSQL's text form.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from decimal import Decimal
 
 import psycopg
 
+from rewind import egress
 from rewind.adapters.db import DatabaseError, Target, first_line, parse_url
 from rewind.adapters.measurement import Measurement
+from rewind.api.errors import ReasonedError
 from rewind.api.v1alpha1 import SqlCheck
 
-MAX_BYTES = 1024 * 1024
-# Error classes whose messages name statements and objects, not data values.
-_SHOWN_CLASSES = ("0A", "25", "42", "54")
-_WRAPPER = ("SELECT CASE WHEN size <= {max} THEN j END, size FROM ("
-            "SELECT j, sum(octet_length(j)) OVER (ROWS UNBOUNDED PRECEDING) AS size FROM ("
-            "SELECT row_to_json(q.*)::text AS j FROM (\n{query}\n) AS q) AS r) AS t LIMIT {limit}")
+# The check's query, judged in the database. `v` is each row's first column as JSON (NULL when
+# the row has no column), `t` its JSON type. Answers: rows (at most limit), rows without a
+# column, rows whose first column is text / an array, JSON or composite value, whether any first
+# column is true or a non-zero number, whether every first column equals rewind.equals as text.
+_WRAPPER = """SELECT count(*)::int,
+  count(*) FILTER (WHERE v IS NULL)::int,
+  count(*) FILTER (WHERE t = 'string')::int,
+  count(*) FILTER (WHERE t IN ('object', 'array'))::int,
+  coalesce(bool_or(CASE t WHEN 'boolean' THEN v::text = 'true'
+                          WHEN 'number' THEN (v::text)::numeric <> 0 ELSE false END), false),
+  coalesce(bool_and(coalesce(v #>> '{{}}', 'NULL') = current_setting('rewind.equals', true)), false)
+FROM (SELECT v, json_typeof(v) AS t FROM (
+  SELECT (SELECT e.value FROM json_each(j) WITH ORDINALITY AS e(key, value, n) ORDER BY n LIMIT 1) AS v
+  FROM (SELECT row_to_json(q.*) AS j FROM (
+{query}
+) AS q LIMIT {limit}) AS r) AS f) AS s"""
 
 
-class _Number(str):
-    """A JSON number, kept as PostgreSQL printed it."""
-
-
-def measure(url: str, check: SqlCheck) -> Measurement:
+def measure(url: str, check: SqlCheck, rules=None) -> Measurement:
+    """`rules`: the policy's egress (the database host must be allowed)."""
     try:
         target = parse_url(url)
-        conn = _connect(target, check.timeout_seconds)
-    except DatabaseError as e:
+        conn = _connect(target, check.timeout_seconds, rules)
+    except ReasonedError as e:      # DatabaseError, EgressDenied, HostNotFound
         return Measurement("Failed", e.message)
-    query = _WRAPPER.format(max=MAX_BYTES, query=check.query.strip().rstrip(";"),
-                            limit=check.row_limit + 1)
+    query = _WRAPPER.format(query=check.query.strip().rstrip(";"), limit=check.row_limit + 1)
     try:
         conn.read_only = True
         with conn.transaction(force_rollback=True):
             ms = check.timeout_seconds * 1000
             conn.execute(f"SET LOCAL statement_timeout = {ms}")
             conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {ms}")
+            if check.equals is not None:
+                conn.execute("SELECT set_config('rewind.equals', %s, true)", [check.equals])
             t0 = time.monotonic()
             # Binary results make psycopg use the extended protocol even without parameters.
-            rows = conn.execute(query, check.params or None, binary=True).fetchall()
+            answer = conn.execute(query, check.params or None, binary=True).fetchone()
             took = int((time.monotonic() - t0) * 1000)
     except psycopg.Error as e:
         if conn.broken and not isinstance(e, psycopg.errors.QueryCanceled):
@@ -70,12 +81,18 @@ def measure(url: str, check: SqlCheck) -> Measurement:
         return Measurement("Inconclusive", _query_error(e, check))
     finally:
         conn.close()
-    return _judge(rows, took, check)
+    return judge(Answer(*answer), took, check)
 
 
-def _connect(target: Target, timeout: int) -> psycopg.Connection:
+def _connect(target: Target, timeout: int, rules) -> psycopg.Connection:
+    """A connection to a checked address of each TCP host (hostaddr; host stays for TLS)."""
+    hosts, ports = target.host.split(","), target.port.split(",")
+    if any(h.startswith("/") or h.startswith("@") or not h for h in hosts):
+        raise egress.EgressDenied(f"the egress policy allows no Unix socket ({target.redacted})")
+    pinned = [str(egress.resolve(h, int(ports[min(i, len(ports) - 1)]), rules)[0])
+              for i, h in enumerate(hosts)]
     try:
-        return psycopg.connect(target.conninfo(), connect_timeout=min(timeout, 10),
+        return psycopg.connect(target.conninfo(), connect_timeout=min(timeout, 10), hostaddr=",".join(pinned),
                                application_name="rewind-check", autocommit=True)
     except psycopg.OperationalError as e:
         text = str(e)
@@ -83,8 +100,14 @@ def _connect(target: Target, timeout: int) -> psycopg.Connection:
             why = f"it refused the credentials of user {target.user!r}"
         elif "does not exist" in text and "database" in text:
             why = "the database does not exist"
+        elif "Connection refused" in text:
+            why = "connection refused"
+        elif "timeout" in text or "timed out" in text:
+            why = "timed out"
+        elif "connection to server" not in text:
+            why = first_line(text)          # libpq refused the URL itself, before connecting
         else:
-            why = first_line(text)
+            why = "connection failed"       # libpq's text can quote what answered
         raise DatabaseError("DatabaseUnreachable",
                             f"the database is not reachable ({target.redacted}): {why}") from None
 
@@ -93,63 +116,54 @@ def _query_error(e: psycopg.Error, check: SqlCheck) -> str:
     if isinstance(e, psycopg.errors.QueryCanceled):
         return f"the query did not answer within {check.timeout_seconds}s"
     if e.sqlstate is None:  # refused by psycopg before sending, e.g. placeholders vs params
-        kind, message, shown = "could not be sent", str(e), True
-    else:
-        kind = f"failed with {type(e).__name__} ({e.sqlstate})"
-        message, shown = e.diag.message_primary or "", e.sqlstate[:2] in _SHOWN_CLASSES
-    first = message.strip().splitlines()[0] if message.strip() else ""
-    if any(value and value in first for value in (check.params or {}).values()):
-        shown = False
-    return f"the query {kind}" + (f": {first}" if shown and first else "")
+        return f"the query could not be sent ({type(e).__name__}): check its %(name)s placeholders and params"
+    hint = next((h for prefix, h in _HINTS.items() if e.sqlstate.startswith(prefix)), "")
+    return f"the query failed with {type(e).__name__} ({e.sqlstate})" + (f": {hint}" if hint else "")
 
 
-def _first_column(row_json: str):
-    """The first column's value: None, bool, _Number, str, or a list (array, JSON, composite)."""
-    pairs = json.loads(row_json, parse_int=_Number, parse_float=_Number, object_pairs_hook=list)
-    if not pairs:
-        raise ValueError("the query returns no columns")
-    return pairs[0][1]
+# What a failed query most likely means, by SQLSTATE: our words, never the server's (its message
+# can quote data, e.g. a relation name built from a row by dynamic SQL).
+_HINTS = {
+    "25006": "it tries to write; checks run read-only",
+    "42601": "a syntax error, or more than one statement (a check is one SELECT, VALUES, TABLE or WITH ... SELECT)",
+    "0A000": "a feature not supported here (e.g. a data-modifying WITH)",
+    "42501": "the check's role may not read what the query reads",
+    "42P01": "a table or view the query names does not exist",
+    "42703": "a column the query names does not exist",
+    "42883": "a function or operator the query uses does not exist for these types",
+}
 
 
-def _kind(value) -> str | None:
-    """What the value is when it is neither NULL, a boolean nor a number."""
-    if value is None or isinstance(value, (bool, _Number)):
-        return None
-    return "text" if isinstance(value, str) else "an array, JSON or composite value"
+class Answer(tuple):
+    """What the database answered about the rows: counts and booleans, never a value."""
+
+    def __new__(cls, rows, no_column, text, compound, any_true, all_equal):
+        return super().__new__(cls, (rows, no_column, text, compound, any_true, all_equal))
+
+    rows = property(lambda self: self[0])
+    no_column = property(lambda self: self[1])
+    text = property(lambda self: self[2])
+    compound = property(lambda self: self[3])
+    any_true = property(lambda self: self[4])
+    all_equal = property(lambda self: self[5])
 
 
-def _text(value) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _judge(rows: list[tuple[str | None, int]], took: int, check: SqlCheck) -> Measurement:
-    n = len(rows)
+def judge(a: Answer, took: int, check: SqlCheck) -> Measurement:
+    n = a.rows
     if n > check.row_limit:
         return Measurement("Inconclusive", f"the query returned more than {check.row_limit} rows")
-    if rows and rows[-1][1] > MAX_BYTES:
-        return Measurement("Inconclusive", f"the query returned more than {MAX_BYTES // 1024} KiB "
-                                           "of data; select only what the check compares")
-    try:
-        values = [_first_column(j) for j, _ in rows]
-    except ValueError as e:
-        return Measurement("Inconclusive", str(e))
+    if a.no_column:
+        return Measurement("Inconclusive", "the query returns no columns")
     passed = f"returned {n} row(s) in {took} ms"
     if check.equals is not None:
         if n != 1:
             return Measurement("Failed", f"the query returned {n} rows, expected one")
-        value, kind = values[0], _kind(values[0])
-        if kind not in (None, "text"):
-            return Measurement("Inconclusive", f"the first column is {kind}; cast it to text to "
-                                               "compare it with equals")
-        if _text(value) == check.equals:
+        if a.compound:
+            return Measurement("Inconclusive", "the first column is an array, JSON or composite value; "
+                                               "cast it to text to compare it with equals")
+        if a.all_equal:
             return Measurement("Passed", f"{passed}; the value matches")
-        found = (f"a {len(value)}-character text that differs from the expected value"
-                 if kind else f"{_text(value)}, expected {check.equals!r}")
-        return Measurement("Failed", f"the first column is {found}")
+        return Measurement("Failed", "the first column differs from the expected value")
     if check.min_rows is not None or check.max_rows is not None:
         if check.min_rows is not None and n < check.min_rows:
             return Measurement("Failed", f"the query returned {n} row(s), fewer than minRows {check.min_rows}")
@@ -158,11 +172,11 @@ def _judge(rows: list[tuple[str | None, int]], took: int, check: SqlCheck) -> Me
         return Measurement("Passed", f"{passed}; the row count is within bounds")
     if n == 0:
         return Measurement("Failed", "the query returned no rows")
-    kind = next((k for k in map(_kind, values) if k), None)
-    if kind:
+    if a.text or a.compound:
+        kind = "text" if a.text else "an array, JSON or composite value"
         return Measurement("Inconclusive", f"the first column is {kind}, not a boolean or number; "
                                            "use equals")
-    if any(v is True or (isinstance(v, _Number) and Decimal(v) != 0) for v in values):
+    if a.any_true:
         return Measurement("Passed", f"{passed}; the first column is true")
-    return Measurement("Failed", f"the first column is {_text(values[0])}" if n == 1
+    return Measurement("Failed", "the first column is false, zero or NULL" if n == 1
                        else f"none of the {n} rows has a true or non-zero first column")

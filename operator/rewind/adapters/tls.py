@@ -5,7 +5,6 @@ contains key material."""
 from __future__ import annotations
 
 import datetime
-import socket
 import ssl
 import warnings
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtensionOID
 
+from rewind import egress
 from rewind.api.errors import ReasonedError
 
 
@@ -139,13 +139,14 @@ def check_pair(crt: bytes, key: bytes, *, hosts: list[str], min_valid: datetime.
     return Checked(fingerprint(leaf), leaf.not_valid_after_utc, names)
 
 
-def served(host: str, port: int, server_name: str, timeout: float = 5.0) -> x509.Certificate:
-    """The leaf certificate an endpoint serves (no trust decision here: it is compared after)."""
+def served(host: str, port: int, server_name: str, timeout: float = 5.0, rules=None) -> x509.Certificate:
+    """The leaf certificate an endpoint serves (no trust decision here: it is compared after),
+    connecting only where `rules` (the policy's egress) allow, to the address that was checked.
+    Raises EgressDenied/HostNotFound, or OSError: say why with egress.failure, never its text."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    with egress.connect(host, port, rules, timeout) as sock:
         with ctx.wrap_socket(sock, server_hostname=server_name) as tls:
             der = tls.getpeercert(binary_form=True)
     return x509.load_der_x509_certificate(der)
-

@@ -12,9 +12,13 @@
   cluster has none);
 - `rewind run` with the args of the chart's Deployment, as the chart's ServiceAccount holding
   exactly the chart's RBAC (applied for real), rolls a Deployment back to Ready: once watching a
-  list of namespaces with leader election (RoleBindings, a KopfPeering), once cluster-wide with the
-  defaults (ClusterRoleBindings; earlier tests' leftovers are cleared first, as
-  test_shipped_install.py does).
+  list of namespaces with leader election (RoleBindings, a KopfPeering), once with clusterWide=true
+  (ClusterRoleBindings; earlier tests' leftovers are cleared first).
+- The test session has already applied manifests/admission.yaml and a ClusterRollbackPolicy
+  `default` (tests/conftest.py): what these tests create for real is rendered with
+  admissionPolicies.install=false and defaultPolicy.create=false, so nothing of the session's is
+  replaced or deleted; a render-only test checks that the defaults do contain both.
+The RBAC rules themselves are compared with golden files by test_chart_rbac.py.
 
 Skipped, with the reason, only when the helm binary has not been built (`make bootstrap` builds it).
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import secrets
 import socket
@@ -39,6 +44,7 @@ from helpers import (
     GROUP, PLURAL, VERSION, condition, deploy_revisions, deployment_dict, get_rollback,
     kubectl_apply, rollback, rolled_out, template_of, wait_for,
 )
+from rewind.api.policy import SEED_POLICY, RollbackPolicySpec
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "rewind"
@@ -53,6 +59,15 @@ ALERTS = ["RewindRollbackFailed", "RewindRollbackStalled", "RewindRollbackMissed
 # Objects of a render that the rollback test creates for real: who the operator is and what it may do.
 IDENTITY_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
                   "KopfPeering", "ClusterKopfPeering"}
+ADMISSION_KINDS = {"MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding", "ValidatingAdmissionPolicy",
+                   "ValidatingAdmissionPolicyBinding"}
+# The session's own cluster-scoped objects (tests/conftest.py applied them): left to it.
+SESSION_OWNED = {"admissionPolicies": {"install": False}, "defaultPolicy": {"create": False}}
+PEOPLE_ROLES = ["rewind-requester", "rewind-approver-devops-lead", "rewind-approver-security",
+                "rewind-approver-devops-team"]
+FINALIZER = "rewind.dev/finalizer"
+TEST_NS_LABEL = "rewind.dev/test"       # set by the test bed's `namespace` fixture
+TRACK_LABEL = "rewind.dev/track"
 
 _spec = importlib.util.spec_from_file_location("render_manifests", REPO / "scripts" / "render_manifests.py")
 render_manifests = importlib.util.module_from_spec(_spec)
@@ -226,6 +241,7 @@ def every_value(watch: list[str], release: str = "rewind", dashboard_namespace: 
         "nameOverride": "rwd",
         "fullnameOverride": "",
         "watchNamespaces": watch,
+        "clusterWide": False,
         "replicas": 2,
         "leaderElection": {"enabled": True, "peeringName": "rewind-peers", "lifetimeSeconds": 7},
         "logFormat": "json",
@@ -233,7 +249,11 @@ def every_value(watch: list[str], release: str = "rewind", dashboard_namespace: 
         "env": [{"name": "HTTPS_PROXY", "value": "http://proxy.example:3128"}],
         "serviceAccount": {"create": True, "name": "rewind-sa", "annotations": {"example.com/owner": "sre"}},
         "rbac": {"create": True},
+        "approvalRoles": ["devops-lead", "security", "release-manager"],
         "crds": {"install": True, "keep": True},
+        "admissionPolicies": {"install": True},
+        "defaultPolicy": {"create": True, "egress": [{"cidr": "10.0.0.0/8"},
+                                                     {"host": "hooks.slack.com", "ports": [443]}]},
         "ports": {"health": 9440},
         "livenessProbe": {"initialDelaySeconds": 11, "periodSeconds": 21, "timeoutSeconds": 6,
                           "failureThreshold": 4},
@@ -288,18 +308,21 @@ def test_helm_lint(helm, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_default_values_render_one_cluster_wide_operator(helm):
+def test_default_values_render_an_operator_confined_to_its_namespace(helm):
     docs = template(helm)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["ServiceAccount", "CustomResourceDefinition", "ClusterRole", "ClusterRole",
-                            "ClusterRoleBinding", "ClusterRoleBinding", "Service", "Deployment"]), kinds
+    assert kinds == sorted(["ServiceAccount", *["CustomResourceDefinition"] * 4, *["ClusterRole"] * 6,
+                            "ClusterRoleBinding", "RoleBinding", "Service", "Deployment", *ADMISSION_KINDS,
+                            "MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding",
+                            "ClusterRollbackPolicy"]), kinds
     deployment = one(docs, "Deployment")
     assert deployment["metadata"]["name"] == "rewind-operator"
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
     c = container(docs)
     assert c["image"] == "rewind:0.1.0"
+    # No namespaces listed, not clusterWide: the release's namespace only.
     assert c["args"] == ["run", "--liveness=http://0.0.0.0:8080/healthz", "--metrics-address=:8081",
-                         "--log-format=text"]
+                         "--log-format=text", "--namespace=rewind-system"]
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, c[probe]
     assert {"name": "health", "containerPort": 8080} in c["ports"]
@@ -309,16 +332,23 @@ def test_default_values_render_one_cluster_wide_operator(helm):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"] == "rewind-operator"
-    crd = one(docs, "CustomResourceDefinition")
-    assert crd["metadata"]["name"] == "rollbacks.rewind.dev"
+    crds = {d["metadata"]["name"]: d for d in by_kind(docs, "CustomResourceDefinition")}
+    assert sorted(crds) == ["clusterrollbackpolicies.rewind.dev", "rollbackapprovals.rewind.dev",
+                            "rollbackpolicies.rewind.dev", "rollbacks.rewind.dev"]
+    crd = crds["rollbacks.rewind.dev"]
     assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
     # The chart's CRD is crds/'s, with only its labels and the annotation added.
     source = yaml.safe_load((REPO / "crds" / "rollbacks.rewind.dev.yaml").read_text())
     assert crd["spec"] == source["spec"]
-    bindings = by_kind(docs, "ClusterRoleBinding")
-    assert {b["roleRef"]["name"] for b in bindings} == {"rewind-operator", "rewind-operator-discovery"}
-    assert all(b["subjects"] == [{"kind": "ServiceAccount", "name": "rewind-operator",
-                                  "namespace": "rewind-system"}] for b in bindings)
+    subject = [{"kind": "ServiceAccount", "name": "rewind-operator", "namespace": "rewind-system"}]
+    (crb,) = by_kind(docs, "ClusterRoleBinding")
+    assert crb["roleRef"]["name"] == "rewind-operator-discovery" and crb["subjects"] == subject
+    (rb,) = by_kind(docs, "RoleBinding")
+    assert rb["metadata"]["namespace"] == "rewind-system" and rb["subjects"] == subject
+    assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "rewind-operator"}
+    # The roles for people, named as other tests and the README expect, bound by nobody.
+    roles = {d["metadata"]["name"] for d in by_kind(docs, "ClusterRole")}
+    assert roles == {"rewind-operator", "rewind-operator-discovery", *PEOPLE_ROLES}
     service = one(docs, "Service")
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 8081, "targetPort": "metrics",
                                          "protocol": "TCP"}]
@@ -375,6 +405,13 @@ def test_a_values_file_that_sets_every_value(helm, tmp_path):
                                 "name": "ops-rwd-operator"} and b["subjects"] == subject for b in role_bindings)
     (crb,) = by_kind(docs, "ClusterRoleBinding")
     assert crb["roleRef"]["name"] == "ops-rwd-operator-discovery" and crb["subjects"] == subject
+    assert {d["metadata"]["name"] for d in by_kind(docs, "ClusterRole")} == {
+        "ops-rwd-operator", "ops-rwd-operator-discovery", "ops-rwd-requester", "ops-rwd-approver-devops-lead",
+        "ops-rwd-approver-security", "ops-rwd-approver-release-manager"}
+    approver = next(d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("release-manager"))
+    assert {"apiGroups": ["rewind.dev"], "resources": ["rollbackapprovals"], "resourceNames": ["release-manager"],
+            "verbs": ["approve"]} in approver["rules"]
+    assert one(docs, "ClusterRollbackPolicy")["spec"]["egress"] == values["defaultPolicy"]["egress"]
     peerings = by_kind(docs, "KopfPeering")
     assert sorted((p["metadata"]["namespace"], p["metadata"]["name"]) for p in peerings) == [
         ("booking", "rewind-peers"), ("payments", "rewind-peers")]
@@ -392,7 +429,8 @@ def test_a_values_file_that_sets_every_value(helm, tmp_path):
     pdb = one(docs, "PodDisruptionBudget")
     assert pdb["spec"] == {"maxUnavailable": 1,
                            "selector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]}}
-    assert one(docs, "CustomResourceDefinition")["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    crds = by_kind(docs, "CustomResourceDefinition")
+    assert len(crds) == 4 and all(d["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"} for d in crds)
 
     rule = one(docs, "PrometheusRule")
     assert rule["metadata"]["name"] == "ops-rwd-operator" and rule["metadata"]["namespace"] == "ops-system"
@@ -411,6 +449,31 @@ def test_a_values_file_that_sets_every_value(helm, tmp_path):
     assert {"grafana_dashboard": "1", "example.com/team": "sre"}.items() <= dashboard["metadata"]["labels"].items()
     assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Rewind"}
     assert json.loads(dashboard["data"]["rewind.json"]) == json.loads((CHART / "files" / "dashboard.json").read_text())
+
+
+def test_the_defaults_ship_the_admission_policies_and_the_default_policy(helm, tmp_path):
+    docs = template(helm)
+    admission = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] in ADMISSION_KINDS}
+    assert {("MutatingAdmissionPolicy", "rewind-requester"), ("MutatingAdmissionPolicy", "rewind-approver"),
+            ("ValidatingAdmissionPolicy", "rewind-requester")} <= admission, admission
+    policy = one(docs, "ClusterRollbackPolicy")
+    assert policy["metadata"]["name"] == "default"
+    # A hook: Helm creates it once the release's CRDs (templates) are served.
+    assert policy["metadata"]["annotations"] == {"helm.sh/hook": "post-install,post-upgrade",
+                                                 "helm.sh/hook-delete-policy": "before-hook-creation"}
+    # Exactly the matrix the operator applies without a policy object (SEED_POLICY), egress empty.
+    assert RollbackPolicySpec.model_validate(policy["spec"]) == SEED_POLICY
+    assert policy["spec"]["egress"] == [] and policy["spec"]["selfApproval"] is False
+
+    egress = [{"cidr": "10.0.0.0/8"}, {"host": "hooks.slack.com", "ports": [443]}]
+    docs = template(helm, {"defaultPolicy": {"egress": egress}}, tmp_path=tmp_path)
+    spec = one(docs, "ClusterRollbackPolicy")["spec"]
+    assert spec["egress"] == egress
+    assert RollbackPolicySpec.model_validate(spec).model_copy(update={"egress": []}) == SEED_POLICY
+
+    # The session's switches, as the cluster tests below use them: neither object is rendered.
+    docs = template(helm, SESSION_OWNED, tmp_path=tmp_path)
+    assert not {d["kind"] for d in docs} & (ADMISSION_KINDS | {"ClusterRollbackPolicy"})
 
 
 # --- alerts and dashboard -------------------------------------------------------------------------
@@ -541,7 +604,8 @@ def test_the_alerts_and_the_dashboard_use_only_the_operators_metrics(helm, tmp_p
 def test_switches_leave_their_objects_out(helm, tmp_path):
     docs = template(helm, None, "--set", "rbac.create=false,serviceAccount.create=false,"
                     "serviceAccount.name=platform-sa,crds.install=false,metrics.enabled=false,"
-                    "image.tag=1.2.3,fullnameOverride=ops")
+                    "image.tag=1.2.3,fullnameOverride=ops,admissionPolicies.install=false,"
+                    "defaultPolicy.create=false")
     assert sorted(d["kind"] for d in docs) == ["Deployment"]
     c = container(docs)
     assert c["image"] == "rewind:1.2.3"
@@ -552,10 +616,24 @@ def test_switches_leave_their_objects_out(helm, tmp_path):
 
     docs = template(helm, None, "--set", "crds.keep=false,leaderElection.enabled=true,replicas=2,"
                     "podDisruptionBudget.enabled=true")
-    assert "annotations" not in one(docs, "CustomResourceDefinition")["metadata"]
-    assert one(docs, "ClusterKopfPeering")["metadata"]["name"] == "rewind"
+    assert all("annotations" not in d["metadata"] for d in by_kind(docs, "CustomResourceDefinition"))
+    peering = one(docs, "KopfPeering")
+    assert (peering["metadata"]["namespace"], peering["metadata"]["name"]) == ("rewind-system", "rewind")
+    assert not by_kind(docs, "ClusterKopfPeering")
     assert "--peering=rewind" in container(docs)["args"]
     assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    # Cluster-wide, only when asked: no --namespace, the operator's role bound by a
+    # ClusterRoleBinding, a ClusterKopfPeering.
+    docs = template(helm, None, "--set", "clusterWide=true,leaderElection.enabled=true")
+    assert not [a for a in container(docs)["args"] if a.startswith("--namespace")]
+    assert sorted(b["roleRef"]["name"] for b in by_kind(docs, "ClusterRoleBinding")) == [
+        "rewind-operator", "rewind-operator-discovery"]
+    assert not by_kind(docs, "RoleBinding") and not by_kind(docs, "KopfPeering")
+    assert one(docs, "ClusterKopfPeering")["metadata"]["name"] == "rewind"
+    # No approval roles: the requester's role only.
+    docs = template(helm, None, "--set", "approvalRoles=null")
+    assert {d["metadata"]["name"] for d in by_kind(docs, "ClusterRole")} == {
+        "rewind-operator", "rewind-operator-discovery", "rewind-requester"}
     # A release name without "rewind" in it gets it appended.
     docs = template(helm, release="ops")
     assert one(docs, "Deployment")["metadata"]["name"] == "ops-rewind-operator"
@@ -584,6 +662,10 @@ def test_refused_values_say_why(helm):
     assert "/logFormat" in refused(helm, "--set", "logFormat=yaml")
     assert "replicaCount" in refused(helm, "--set", "replicaCount=2")       # unknown keys are errors
     assert "must differ" in refused(helm, "--set", "metrics.port=8080")
+    assert "clusterWide=true watches every namespace" in refused(
+        helm, "--set", "clusterWide=true,watchNamespaces={booking}")
+    assert "/approvalRoles/0" in refused(helm, "--set", "approvalRoles[0]=Security")
+    assert "/defaultPolicy/egress/0" in refused(helm, "--set", "defaultPolicy.egress[0].port=443")
 
 
 def test_manifests_are_the_chart_rendered(helm):
@@ -694,23 +776,25 @@ def test_the_renders_and_manifests_pass_a_server_side_dry_run(cluster, helm, tmp
     dry_run(cluster, by_kind(template(helm, None, "--set", "metrics.prometheusRule.enabled=true",
                                       *MONITORING_APIS, namespace=release_ns), "PrometheusRule"))
 
-    # manifests/ as a user applies them: the Namespace it creates must exist for the dry run of
-    # what goes into it (a dry run creates nothing).
+    # manifests/ as a user applies them: the Namespace it creates, and the watched one (which the
+    # user creates first), must exist for the dry run of what goes into them (a dry run creates
+    # nothing).
     core = client.CoreV1Api(api_client)
-    created = False
+    created = []
+    for name in (render_manifests.NAMESPACE, render_manifests.WATCHED):
+        try:
+            core.read_namespace(name)
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+            core.create_namespace({"metadata": {"name": name}})
+            created.append(name)
     try:
-        core.read_namespace(render_manifests.NAMESPACE)
-    except client.ApiException as e:
-        if e.status != 404:
-            raise
-        core.create_namespace({"metadata": {"name": render_manifests.NAMESPACE}})
-        created = True
-    try:
-        for path in sorted((REPO / "manifests").glob("*.yaml")):
+        for path in sorted((REPO / "manifests").rglob("*.yaml")):
             dry_run(cluster, path.read_text())
     finally:
-        if created:
-            core.delete_namespace(render_manifests.NAMESPACE)
+        for name in created:
+            core.delete_namespace(name)
 
 
 # --- the operator under exactly the chart's identity --------------------------------------------
@@ -753,6 +837,80 @@ def log_errors(text: str) -> list[str]:
     return bad
 
 
+# A cluster-wide operator sees every namespace. The tests run one at a time and each namespaced
+# operator is stopped when its test ends, but Rollbacks of finished tests stay behind: their
+# namespaces are deleted when the test ends, and kopf's finalizer holds each Rollback (and so the
+# namespace, Terminating) once no operator runs. Before the cluster-wide operator starts, those
+# leftovers are removed (finalizer stripped, deleted) so that it cannot act on another test's
+# objects; a Rollback or tracked Secret outside the test namespaces (an existing cluster in use)
+# skips the test.
+
+def other_operators() -> list[str]:
+    """Operators this pytest process started that are still alive (there should be none)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and "rewind" in cmd and " run" in cmd:
+            found.append(f"{pid}: {cmd}")
+    return found
+
+
+def clear_leftovers(api_client, mine: str) -> list[str]:
+    """Removes the Rollbacks of finished tests (other test namespaces) so the cluster-wide
+    operator cannot pick them up, and waits until the tracked Secrets of finished tests are gone
+    with their namespaces. Skips the test if any are outside the test namespaces. Returns what
+    was removed."""
+    core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
+
+    def is_test_ns(ns: str) -> bool:
+        try:
+            labels = core.read_namespace(ns).metadata.labels or {}
+        except client.ApiException as e:
+            if e.status == 404:
+                return True     # gone already; what was in it goes with it
+            raise
+        return labels.get(TEST_NS_LABEL) == "true"
+
+    rollbacks = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+    foreign = [rb for rb in rollbacks if rb["metadata"]["namespace"] != mine]
+    outside = [f"{rb['metadata']['namespace']}/{rb['metadata']['name']}" for rb in foreign
+               if not is_test_ns(rb["metadata"]["namespace"])]
+    tracked = [s for s in core.list_secret_for_all_namespaces(
+        label_selector=f"{TRACK_LABEL}=true").items if s.metadata.namespace != mine]
+    outside += [f"Secret {s.metadata.namespace}/{s.metadata.name}" for s in tracked
+                if not is_test_ns(s.metadata.namespace)]
+    if outside:
+        pytest.skip("a cluster-wide operator here would act on Rollbacks or tracked Secrets that "
+                    f"belong to no test: {', '.join(outside[:5])}")
+
+    removed = []
+    for rb in foreign:
+        meta = rb["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        removed.append(f"{ns}/{name} (phase {(rb.get('status') or {}).get('phase')}, "
+                       f"{'being deleted' if meta.get('deletionTimestamp') else 'not deleted'})")
+        rest = [f for f in meta.get("finalizers") or [] if f != FINALIZER]
+        try:
+            custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name,
+                                                  {"metadata": {"finalizers": rest or None}})
+            custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+    wait_for("no Rollback outside the test's namespace", lambda: not [
+        rb for rb in custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+        if rb["metadata"]["namespace"] != mine], timeout=60)
+    # Tracked Secrets of finished tests go with their (Terminating) namespaces; no finalizer holds them.
+    wait_for("no tracked Secret outside the test's namespace", lambda: not [
+        s for s in core.list_secret_for_all_namespaces(label_selector=f"{TRACK_LABEL}=true").items
+        if s.metadata.namespace != mine], timeout=90)
+    return removed
+
+
 @pytest.mark.cluster
 @pytest.mark.parametrize("mode", ["namespaced-with-leader-election", "cluster-wide"])
 def test_the_operator_rolls_back_under_exactly_the_charts_service_account_and_rules(
@@ -760,7 +918,8 @@ def test_the_operator_rolls_back_under_exactly_the_charts_service_account_and_ru
     release_ns = namespaces("operator")
     release = f"rw{secrets.token_hex(3)}"
     values = ({"watchNamespaces": [namespace], "leaderElection": {"enabled": True}, "logFormat": "json"}
-              if mode.startswith("namespaced") else {})
+              if mode.startswith("namespaced") else {"clusterWide": True})
+    values |= SESSION_OWNED
     docs = template(helm, values, release=release, namespace=release_ns, tmp_path=tmp_path)
     identity = [d for d in docs if d["kind"] in IDENTITY_KINDS]
     if mode == "cluster-wide":
@@ -776,8 +935,7 @@ def test_the_operator_rolls_back_under_exactly_the_charts_service_account_and_ru
     args, health, metrics_port = local_args(c["args"])
 
     if mode == "cluster-wide":
-        # As test_shipped_install.py: the Rollbacks of finished tests must not reach this operator.
-        from test_shipped_install import clear_leftovers, other_operators
+        # The Rollbacks of finished tests must not reach this operator.
         assert not other_operators(), f"another operator of this session is still running: {other_operators()}"
         removed = clear_leftovers(api_client, namespace)
         if removed:

@@ -1,21 +1,18 @@
 """The operator started exactly as the shipped manifests start it: the container args of
-manifests/operator.yaml's Deployment (`run --liveness=...`, no --namespace: cluster-wide), as a
-ServiceAccount bound the way manifests/rbac.yaml binds it (ClusterRoleBindings). Outside a pod,
-the only addition is `--kubeconfig`, holding a real token of that ServiceAccount.
+manifests/operator.yaml's Deployment (`run --liveness=... --namespace=booking`), as a ServiceAccount
+bound the way manifests/rbac.yaml binds it (the operator's ClusterRole by a RoleBinding in the
+watched namespace, the discovery ClusterRole by a ClusterRoleBinding). Outside a pod, the only
+additions are `--kubeconfig`, holding a real token of that ServiceAccount, and one substitution:
+the example namespace the manifests watch (booking) is the test's namespace, in the args and in
+the RoleBinding alike.
 
-Every other operator test passes --namespace and binds the role per namespace, so none of them
-would notice the cluster-wide start crashing (it did: kopf was given namespaces=None).
-
-A cluster-wide operator sees every namespace. The tests run one at a time and each namespaced
-operator is stopped when its test ends, but Rollbacks of finished tests stay behind: their
-namespaces are deleted when the test ends, and kopf's finalizer holds each Rollback (and so the
-namespace, Terminating) once no operator runs. Before this operator starts, those leftovers are
-removed (finalizer stripped, deleted) so that it cannot act on another test's objects; a Rollback
-or tracked Secret outside the test namespaces (an existing cluster in use) skips the test."""
+The other operator tests start `rewind run` with their own arguments and bind the shipped role
+themselves; this one would notice the shipped start crashing, or the shipped bindings missing a
+permission (a 403 in the log). The cluster-wide start (`clusterWide=true`) is exercised by
+tests/operator/test_chart.py."""
 
 from __future__ import annotations
 
-import os
 import socket
 import warnings
 from pathlib import Path
@@ -36,13 +33,11 @@ pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_YAML = REPO / "manifests" / "operator.yaml"
 RBAC_YAML = REPO / "manifests" / "rbac.yaml"
-FINALIZER = "rewind.dev/finalizer"
-TEST_NS_LABEL = "rewind.dev/test"       # set by the test bed's `namespace` fixture
-TRACK_LABEL = "rewind.dev/track"
-# A ServiceAccount of its own (in the operators' namespace, rewind-test-system): the shared one of
-# the namespaced tests is never bound cluster-wide.
-SHIPPED_SA = "rewind-operator-clusterwide"
-BINDING_SUFFIX = "-clusterwide-test"   # next to operator_role's own rewind-operator-discovery
+WATCHED = "booking"                    # the one namespace manifests/ watch (scripts/render_manifests.py)
+# A ServiceAccount of its own (in the operators' namespace, rewind-test-system), bound only as the
+# manifests bind theirs.
+SHIPPED_SA = "rewind-operator-shipped"
+BINDING_SUFFIX = "-shipped-test"       # next to operator_role's own rewind-operator-discovery
 IMAGES = ["registry.local/booking:1.0", "registry.local/booking:1.1", "registry.local/booking:1.2-bad"]
 
 
@@ -58,6 +53,10 @@ def shipped_container() -> dict:
 def shipped_bindings() -> list[dict]:
     return [d for d in yaml.safe_load_all(RBAC_YAML.read_text())
             if d and d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
+
+
+def watched_namespaces(args: list[str]) -> list[str]:
+    return [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")]
 
 
 def liveness_url(args: list[str]) -> str | None:
@@ -85,81 +84,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def other_operators() -> list[str]:
-    """Operators this pytest process started that are still alive (there should be none)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == os.getpid() and "rewind" in cmd and " run" in cmd:
-            found.append(f"{pid}: {cmd}")
-    return found
-
-
-def clear_leftovers(api_client, mine: str) -> list[str]:
-    """Removes the Rollbacks of finished tests (other test namespaces) so the cluster-wide
-    operator cannot pick them up, and waits until the tracked Secrets of finished tests are gone
-    with their namespaces. Skips the test if any are outside the test namespaces. Returns what
-    was removed."""
-    core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
-
-    def is_test_ns(ns: str) -> bool:
-        try:
-            labels = core.read_namespace(ns).metadata.labels or {}
-        except client.ApiException as e:
-            if e.status == 404:
-                return True     # gone already; what was in it goes with it
-            raise
-        return labels.get(TEST_NS_LABEL) == "true"
-
-    rollbacks = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
-    foreign = [rb for rb in rollbacks if rb["metadata"]["namespace"] != mine]
-    outside = [f"{rb['metadata']['namespace']}/{rb['metadata']['name']}" for rb in foreign
-               if not is_test_ns(rb["metadata"]["namespace"])]
-    tracked = [s for s in core.list_secret_for_all_namespaces(
-        label_selector=f"{TRACK_LABEL}=true").items if s.metadata.namespace != mine]
-    outside += [f"Secret {s.metadata.namespace}/{s.metadata.name}" for s in tracked
-                if not is_test_ns(s.metadata.namespace)]
-    if outside:
-        pytest.skip("a cluster-wide operator here would act on Rollbacks or tracked Secrets that "
-                    f"belong to no test: {', '.join(outside[:5])}")
-
-    removed = []
-    for rb in foreign:
-        meta = rb["metadata"]
-        ns, name = meta["namespace"], meta["name"]
-        removed.append(f"{ns}/{name} (phase {(rb.get('status') or {}).get('phase')}, "
-                       f"{'being deleted' if meta.get('deletionTimestamp') else 'not deleted'})")
-        rest = [f for f in meta.get("finalizers") or [] if f != FINALIZER]
-        try:
-            custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name,
-                                                  {"metadata": {"finalizers": rest or None}})
-            custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-        except client.ApiException as e:
-            if e.status != 404:
-                raise
-    wait_for("no Rollback outside the test's namespace", lambda: not [
-        rb for rb in custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
-        if rb["metadata"]["namespace"] != mine], timeout=60)
-    # Tracked Secrets of finished tests go with their (Terminating) namespaces; no finalizer holds them.
-    wait_for("no tracked Secret outside the test's namespace", lambda: not [
-        s for s in core.list_secret_for_all_namespaces(label_selector=f"{TRACK_LABEL}=true").items
-        if s.metadata.namespace != mine], timeout=90)
-    return removed
-
-
 @pytest.fixture
 def shipped_operator(cluster, api_client, namespace, rollback_crd, operator_as):
-    """`rewind` with the Deployment's container args, cluster-wide, as a ServiceAccount bound with
-    the shipped ClusterRoleBindings (renamed, subjects pointed at it); not started yet."""
-    assert not other_operators(), f"another operator of this session is still running: {other_operators()}"
+    """`rewind` with the Deployment's container args, its watched namespace the test's, as a
+    ServiceAccount bound with the shipped bindings (renamed, subjects pointed at it, the RoleBinding
+    moved to the test's namespace); not started yet."""
     container = shipped_container()
     assert container["command"] is None, "the manifest overrides the image's entrypoint (`rewind`)"
     args = container["args"]
-    assert not any(a == "--namespace" or a.startswith(("--namespace=", "-n")) for a in args), args
+    assert not any(a == "--namespace" or a.startswith("-n") for a in args), \
+        f"write --namespace=NAME, as the chart does: {args}"
+    assert watched_namespaces(args) == [WATCHED], f"manifests/operator.yaml should watch {WATCHED} only: {args}"
+    args = [f"--namespace={namespace}" if a == f"--namespace={WATCHED}" else a for a in args]
+
+    bindings = shipped_bindings()
+    assert sorted((b["kind"], b["metadata"].get("namespace")) for b in bindings) == [
+        ("ClusterRoleBinding", None), ("RoleBinding", WATCHED)], \
+        "manifests/rbac.yaml: one RoleBinding in the watched namespace, one cluster-wide (discovery)"
+    for b in bindings:
+        assert all(s["kind"] == "ServiceAccount" and s["name"] == container["serviceAccountName"]
+                   for s in b["subjects"]), b["subjects"]
 
     rbac = client.RbacAuthorizationV1Api(api_client)
     core = client.CoreV1Api(api_client)
@@ -167,20 +111,16 @@ def shipped_operator(cluster, api_client, namespace, rollback_crd, operator_as):
     core.create_namespaced_service_account(sa_ns, {"metadata": {"name": SHIPPED_SA}})
     created = []
     try:
-        for b in shipped_bindings():
-            assert b["kind"] == "ClusterRoleBinding", f"the shipped RBAC now has a {b['kind']}"
-            assert all(s["kind"] == "ServiceAccount" and s["name"] == container["serviceAccountName"]
-                       for s in b["subjects"]), b["subjects"]
+        for b in bindings:
             b["metadata"]["name"] += BINDING_SUFFIX
             b["subjects"] = [{"kind": "ServiceAccount", "name": SHIPPED_SA, "namespace": sa_ns}]
-            rbac.create_cluster_role_binding(b)
-            created.append(b["metadata"]["name"])
-        assert created, "manifests/rbac.yaml binds nothing"
-
-        removed = clear_leftovers(api_client, namespace)
-        if removed:
-            print(f"removed {len(removed)} Rollback(s) of finished tests before going "
-                  f"cluster-wide: {removed}")
+            if b["kind"] == "ClusterRoleBinding":
+                rbac.create_cluster_role_binding(b)
+                created.append((None, b["metadata"]["name"]))
+            else:
+                b["metadata"]["namespace"] = namespace
+                rbac.create_namespaced_role_binding(namespace, b)
+                created.append((namespace, b["metadata"]["name"]))
 
         url = liveness_url(args)
         if url:
@@ -194,8 +134,7 @@ def shipped_operator(cluster, api_client, namespace, rollback_crd, operator_as):
                 args = [a.replace(url, new) for a in args]
         op = operator_as(SHIPPED_SA, args)
         yield op
-        # Our Rollback goes while the operator still runs (its finalizer is released), so nothing
-        # of this test is left for the next cluster-wide operator.
+        # Our Rollback goes while the operator still runs (its finalizer is released).
         if op.proc and op.proc.poll() is None:
             cluster.kubectl("delete", "rollbacks", "--all", "-n", namespace, "--timeout=30s",
                             check=False)
@@ -205,12 +144,15 @@ def shipped_operator(cluster, api_client, namespace, rollback_crd, operator_as):
             cluster.kubectl("patch", "rollback", rb["metadata"]["name"], "-n", namespace,
                             "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
     finally:
-        for name in created:
-            rbac.delete_cluster_role_binding(name)
+        for ns, name in created:
+            if ns is None:
+                rbac.delete_cluster_role_binding(name)
+            else:
+                rbac.delete_namespaced_role_binding(name, ns)
         core.delete_namespaced_service_account(SHIPPED_SA, sa_ns)   # its tokens die with it
 
 
-def test_operator_as_shipped_runs_cluster_wide_and_rolls_back(cluster, api_client, namespace,
+def test_operator_as_shipped_watches_its_namespace_and_rolls_back(cluster, api_client, namespace,
                                                               shipped_operator):
     op = shipped_operator
     apps = client.AppsV1Api(api_client)
@@ -248,12 +190,12 @@ def test_operator_as_shipped_runs_cluster_wide_and_rolls_back(cluster, api_clien
     assert rolled_out(apps, namespace, "web")
 
     # Still alive and still answering its probe after the work, with nothing logged as an error
-    # (a missing cluster-wide permission shows up here as a 403 from a watch).
+    # (a missing permission shows up here as a 403 from a watch).
     assert op.proc.poll() is None, op.output()[-3000:]
     assert httpx.get(probe, timeout=5).status_code == 200
     log = op.output()
     assert "Traceback" not in log and " ERROR " not in log, log[-5000:]
 
-    # A finished Rollback is let go when deleted: the cluster-wide operator releases its finalizer.
+    # A finished Rollback is let go when deleted: the operator releases its finalizer.
     deleted = cluster.kubectl("delete", "rollback", "undo", "-n", namespace, "--timeout=30s", check=False)
     assert deleted.returncode == 0, (deleted.stderr, op.output()[-3000:])

@@ -15,8 +15,8 @@ from rewind.api.v1alpha1 import StepKind
 from rewind.context import Context, Found, Request, Wait
 from rewind.api.v1alpha1 import PlanStep, StepRecord
 from rewind.steps import (
-    certificates, consumers, database, maintenance, monitoring, notifications, secrets, verification,
-    workload,
+    certificates, consumers, database, destinations, maintenance, monitoring, notifications, secrets,
+    verification, workload,
 )
 
 Advance = Callable[[Context, PlanStep, StepRecord], "Wait | None"]
@@ -43,8 +43,9 @@ ADVANCE: dict[StepKind, Advance] = {
 }
 
 # Every preflight runs (so a refusal lists all problems at once); plan.order sorts what they found.
+# Where the rollback will connect is checked first: its refusal's reason comes first.
 PREFLIGHTS: tuple[Preflight, ...] = (
-    maintenance.preflight, monitoring.preflight, database.preflight, secrets.preflight,
+    destinations.preflight, maintenance.preflight, monitoring.preflight, database.preflight, secrets.preflight,
     workload.preflight, verification.preflight, notifications.preflight,
 )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime
 
+from rewind import egress
 from rewind.adapters import tls
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
@@ -82,7 +83,7 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     ctx.begin(step, rec, f"Checking that {step.target.name} serves the restored certificate for {name}.")
     now = ctx.clock()
     try:
-        served = tls.served(cert.verify.host, cert.verify.port, name)
+        served = tls.served(cert.verify.host, cert.verify.port, name, rules=egress.rules_of(ctx.policy))
         got = tls.fingerprint(served)
         problem = None
         if got != change.fingerprint:
@@ -91,8 +92,12 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
             problem = f"the served certificate does not cover {name}"
         elif served.not_valid_after_utc <= now:
             problem = "the served certificate has expired"
-    except OSError as e:
-        problem = f"cannot complete a TLS handshake with {step.target.name}: {type(e).__name__}"
+    except egress.EgressDenied as e:
+        raise StepFailed(e.reason, f"{step.target.name}: {e.message}") from None
+    except egress.HostNotFound as e:
+        problem = e.message
+    except (OSError, ValueError) as e:
+        problem = f"cannot complete a TLS handshake with {step.target.name}: {egress.failure(e)}"
     deadline = rec.started_at + datetime.timedelta(seconds=cert.verify.timeout_seconds)
     if problem and now < deadline:
         return ctx.waiting(step, rec, problem + "; waiting for the server to reload.", deadline,

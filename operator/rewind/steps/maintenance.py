@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 
+from rewind import egress
 from rewind.adapters import http
 from rewind.adapters.kube import JSON_PATCH, SERVICES, Kube, KubeError, Resource
 from rewind.api import conditions as C
@@ -56,12 +57,14 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
 
 
 def _call(ctx: Context, call: HttpCall, label: str, key: str) -> str:
-    url = call.url
+    url, secret = call.url, None
     if call.url_secret_ref:
-        url = read_key(ctx.kube, ctx.namespace, call.url_secret_ref.name, call.url_secret_ref.key,
-                       f"the URL Secret of {label}")
+        ref = call.url_secret_ref
+        url = read_key(ctx.kube, ctx.namespace, ref.name, ref.key, f"the URL Secret of {label}")
+        secret = f"Secret {ref.name} key {ref.key}"
     ok, retry, detail = http.call(url, call.method, call.body, timeout=call.timeout_seconds,
                                   verify=not call.insecure_skip_tls_verify, label=label,
+                                  rules=egress.rules_of(ctx.policy), secret=secret,
                                   headers={"Idempotency-Key": hashlib.sha256(f"{ctx.uid}/{key}".encode()).hexdigest()[:32]})
     if not ok:
         raise HookFailed(C.HOOK_FAILED, detail, retryable=retry)

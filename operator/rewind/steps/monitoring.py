@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 
+from rewind import egress
 from rewind.adapters import alertmanager, http
 from rewind.adapters.kube import DEPLOYMENTS, MERGE_PATCH, STATEFULSETS, Kube, KubeError
 from rewind.api import conditions as C
@@ -119,18 +120,23 @@ def _silence(ctx: Context) -> str:
     am, hooks = ctx.rollback.spec.monitoring.alertmanager, ctx.status.hooks
     verify = not am.insecure_skip_tls_verify
     auth = am_auth(ctx.kube, ctx.namespace, am)
+    rules = egress.rules_of(ctx.policy)
     try:
-        sid = hooks.silence_id or alertmanager.find_silence(am.url, _marker(ctx), verify=verify, auth=auth)
+        sid = hooks.silence_id or alertmanager.find_silence(am.url, _marker(ctx), verify=verify, auth=auth,
+                                                            rules=rules)
         adopted = sid is not None
         if sid is None:
             ends = ctx.clock() + datetime.timedelta(minutes=am.max_duration_minutes)
             sid = alertmanager.create_silence(
                 am.url, matchers(am.matchers, ctx.namespace), ends_at=ends, created_by="rewind",
                 comment=f"Rollback {ctx.namespace}/{ctx.name} ({ctx.rollback.spec.severity}): "
-                        f"{ctx.rollback.spec.reason[:200]} [{_marker(ctx)}]", verify=verify, auth=auth)
+                        f"{ctx.rollback.spec.reason[:200]} [{_marker(ctx)}]", verify=verify, auth=auth,
+                rules=rules)
             hooks.silence_ends_at = ends
     except alertmanager.AlertmanagerError as e:
         raise HookFailed(e.reason, f"Alertmanager: {e.message}") from None
+    except egress.EgressDenied as e:
+        raise HookFailed(e.reason, f"Alertmanager: {e.message}", retryable=False) from None
     hooks.silence_id = sid
     ctx.save()
     return f"Alertmanager silence {sid} {'adopted' if adopted else 'created'}"
@@ -153,12 +159,16 @@ def _resume(ctx: Context):
             am = m.alertmanager
             verify = not am.insecure_skip_tls_verify
             auth = am_auth(ctx.kube, ctx.namespace, am)
+            rules = egress.rules_of(ctx.policy)
             try:
-                sid = hooks.silence_id or alertmanager.find_silence(am.url, _marker(ctx), verify=verify, auth=auth)
+                sid = hooks.silence_id or alertmanager.find_silence(am.url, _marker(ctx), verify=verify,
+                                                                    auth=auth, rules=rules)
                 if sid:
-                    alertmanager.expire_silence(am.url, sid, verify=verify, auth=auth)
+                    alertmanager.expire_silence(am.url, sid, verify=verify, auth=auth, rules=rules)
             except alertmanager.AlertmanagerError as e:
                 raise HookFailed(e.reason, f"Alertmanager: {e.message}") from None
+            except egress.EgressDenied as e:
+                raise HookFailed(e.reason, f"Alertmanager: {e.message}", retryable=False) from None
             return f"Alertmanager silence {sid} expired" if sid else "no Alertmanager silence to expire"
         actions.append(("resume/silence", expire))
     return actions

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 
-from rewind import crashpoints, metrics
+from rewind import crashpoints, egress, metrics
 from rewind.adapters import notify
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
@@ -139,15 +139,18 @@ def _attempt(ctx: Context, channel: Notification | None, rec: NotificationRecord
 def _send(ctx: Context, channel: Notification, rec: NotificationRecord) -> notify.Delivery:
     spec, ns = ctx.rollback.spec, ctx.namespace
     title = f"[{spec.severity}] Rollback {ns}/{ctx.name}: {rec.event}"
+    rules = egress.rules_of(ctx.policy)    # PolicyUnreadable: a failed attempt, like any refusal
     if channel.slack:
         ref = channel.slack.webhook_secret_ref
         url = read_key(ctx.kube, ns, ref.name, ref.key, f"the Slack webhook Secret of {channel.name}")
-        return notify.send_slack(url, f"{title}. {rec.message}", timeout=SEND_TIMEOUT)
+        return notify.send_slack(url, f"{title}. {rec.message}", timeout=SEND_TIMEOUT, rules=rules,
+                                 secret=f"Secret {ref.name} key {ref.key}")
     if channel.webhook:
         ref = channel.webhook.url_secret_ref
         url = read_key(ctx.kube, ns, ref.name, ref.key, f"the webhook URL Secret of {channel.name}")
         return notify.send_webhook(url, payload(ctx, rec), rec.key, timeout=SEND_TIMEOUT,
-                                   verify=not channel.webhook.insecure_skip_tls_verify)
+                                   verify=not channel.webhook.insecure_skip_tls_verify, rules=rules,
+                                   secret=f"Secret {ref.name} key {ref.key}")
     email = channel.email
     username = password = ca = None
     if email.smtp.credentials_secret_ref:
@@ -159,7 +162,8 @@ def _send(ctx: Context, channel: Notification, rec: NotificationRecord) -> notif
         ca = read_key(ctx.kube, ns, ref.name, ref.key, f"the SMTP CA Secret of {channel.name}")
     return notify.send_email(email.smtp, sender=email.sender, to=list(email.to), subject=title,
                              body=_email_body(ctx, rec), message_id=f"<{rec.key}@rewind.dev>",
-                             username=username, password=password, ca_pem=ca, timeout=SEND_TIMEOUT * 2)
+                             username=username, password=password, ca_pem=ca, timeout=SEND_TIMEOUT * 2,
+                             rules=rules)
 
 
 def payload(ctx: Context, rec: NotificationRecord) -> dict:

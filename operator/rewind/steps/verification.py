@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 
-from rewind import metrics
+from rewind import egress, metrics
 from rewind.adapters import db, http, sqlcheck, tls
 from rewind.adapters.kube import Kube
 from rewind.adapters.measurement import Measurement
@@ -80,12 +80,15 @@ def _check(spec: RollbackSpec, step: PlanStep):
     return next(c for c in getattr(spec.verification, CHECKS[step.kind]) if c.name == step.spec_key)
 
 
-def measure_tls(check: TlsCheck, now: datetime.datetime) -> Measurement:
+def measure_tls(check: TlsCheck, now: datetime.datetime, rules=None) -> Measurement:
     where = f"{check.host}:{check.port}"
     try:
-        cert = tls.served(check.host, check.port, check.server_name, timeout=check.timeout_seconds)
+        cert = tls.served(check.host, check.port, check.server_name, timeout=check.timeout_seconds,
+                          rules=rules)
+    except ReasonedError as e:      # the egress policy refused it, or the name does not resolve
+        return Measurement("Failed", e.message)
     except (OSError, ValueError) as e:
-        return Measurement("Failed", f"no TLS handshake with {where} ({type(e).__name__})")
+        return Measurement("Failed", f"no TLS handshake with {where}: {egress.failure(e)}")
     got = tls.fingerprint(cert)
     if check.fingerprint_sha256 and got != check.fingerprint_sha256:
         return Measurement("Failed", f"{where} serves certificate {got[:16]}..., not {check.fingerprint_sha256[:16]}...")
@@ -102,16 +105,17 @@ def measure_tls(check: TlsCheck, now: datetime.datetime) -> Measurement:
 
 def _measure(ctx: Context, step: PlanStep, check) -> tuple[str, Measurement]:
     spec = ctx.rollback.spec
+    rules = egress.rules_of(ctx.policy)
     if step.kind == StepKind.HTTP_CHECK.value:
-        return "HTTP", http.measure(check)
+        return "HTTP", http.measure(check, rules)
     if step.kind == StepKind.TLS_CHECK.value:
-        return "TLS", measure_tls(check, ctx.clock())
+        return "TLS", measure_tls(check, ctx.clock(), rules)
     conn = check.connection or spec.database.connection
     try:
         url = _url(ctx.kube, ctx.namespace, check, conn.secret_ref)
     except ReasonedError as e:
         return "SQL", Measurement("Inconclusive", e.message)
-    return "SQL", sqlcheck.measure(url, check)
+    return "SQL", sqlcheck.measure(url, check, rules)
 
 
 def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:

@@ -44,6 +44,13 @@ def rollback_crd(cluster):
         check=False).returncode == 0, timeout=60)
     wait_for("rollbacks served", lambda: cluster.kubectl(
         "get", "rollbacks", "-A", check=False).returncode == 0, timeout=30)
+    # The admission policies type-check against the CRD's schema once their plugin has seen it:
+    # until then a create answers 503. A server-side dry run goes through admission.
+    probe = yaml.safe_dump({"apiVersion": "rewind.dev/v1alpha1", "kind": "Rollback",
+                            "metadata": {"name": "probe", "namespace": "default"},
+                            "spec": {"severity": "Low", "reason": "probe", "application": [{"name": "x"}]}})
+    wait_for("admission policies ready", lambda: cluster.kubectl(
+        "create", "--dry-run=server", "-f", "-", input=probe, check=False).returncode == 0, timeout=60)
     wait_for("policies served", lambda: cluster.kubectl(
         "apply", "-f", "-", input=yaml.safe_dump(TEST_BED_POLICY), check=False).returncode == 0, timeout=30)
     return CRD

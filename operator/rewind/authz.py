@@ -220,3 +220,22 @@ def check_images(spec: RollbackSpec, images: tuple[str, ...]) -> None:
         raise ReasonedError(IMAGE_NOT_ALLOWED, f"spec.database.image {spec.database.image} is not one of "
                             f"the images the policy allows database Jobs to run ({', '.join(images)}); "
                             "nothing was changed.")
+
+
+def target_time(policy, severity: str):
+    """The time to restore target: the policy's, else the seed's."""
+    import datetime
+
+    from rewind import plan
+
+    minutes = (policy or P.SEED_POLICY).rule(severity).deadline_minutes
+    return datetime.timedelta(minutes=minutes) if minutes else plan.DEADLINES[severity]
+
+
+def check_break_glass(policy, spec: RollbackSpec) -> None:
+    rule = (policy or P.SEED_POLICY).rule(spec.severity)
+    if spec.break_glass and rule.approvals and not rule.break_glass:
+        raise ReasonedError("BreakGlassNotAllowed", f"spec.breakGlass is set, but the policy does not "
+                            f"allow break-glass for a {spec.severity} rollback; nothing was changed. "
+                            "Create it without breakGlass and ask for the approvals "
+                            f"({', '.join(r.role for r in rule.approvals)}).")

@@ -16,7 +16,7 @@ from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
     TERMINAL_PHASES, NotificationEvent, Phase, PlanStep, ReportRef, StepAction, StepKind, StepRecord, StepState,
 )
-from rewind import authz, metrics, registry
+from rewind import authz, gate, metrics, registry
 from rewind.api.errors import ReasonedError
 from rewind.context import Context, Wait, earliest, utcnow
 from rewind.steps import hooks, jobs, notifications, report
@@ -75,7 +75,9 @@ def _plan(ctx: Context) -> Wait | None:
     try:
         requester = authz.check_identity(ctx.kube, spec)
         ctx.status.policy = ctx.policy_name
+        ctx.status.deadline = started + authz.target_time(ctx.policy, spec.severity)
         authz.check_images(spec, ctx.request.job_images)
+        authz.check_break_glass(ctx.policy, spec)
     except ReasonedError as e:
         message = f"Preflight refused the rollback; nothing was changed: {e.message}"
         ctx.condition(C.PLANNED, "False", e.reason, message)
@@ -181,11 +183,30 @@ def _abort(ctx: Context, who: str) -> None:
         ctx.emit("Warning", C.ABORTED, f"Rollback aborted by {who}: no further step starts; the hooks are undone.")
 
 
+def refuse(ctx: Context, reason: str, message: str) -> None:
+    """Ends a planned rollback before its first step (a denial, a held target the policy will not
+    wait for): every step Skipped, nothing changed."""
+    now = ctx.clock()
+    for rec in ctx.status.steps:
+        if rec.state == StepState.PENDING.value:
+            rec.state, rec.reason, rec.finished_at = StepState.SKIPPED.value, reason, now
+            rec.message = f"Not run: {message}"
+    return _terminal(ctx, Phase.FAILED, reason, message)
+
+
 def _execute(ctx: Context) -> Wait | None:
     _check_deadline(ctx)
     who = abort_requested(ctx.obj)
     if who:
         _abort(ctx, who)
+    elif ctx.status.approved_at is None or not ctx.status.leases:
+        # Before the first step: the policy's approvals (the deadline clock runs meanwhile), then
+        # one lease per target. Either may wait, or end the rollback (a denial, a refused target).
+        wait = gate.approvals(ctx) if ctx.status.approved_at is None else None
+        if wait is None and ctx.status.phase not in TERMINAL_PHASES:
+            wait = gate.acquire(ctx)
+        if wait is not None or ctx.status.phase in TERMINAL_PHASES:
+            return wait
     while True:
         i = planning.current_index(ctx.status.steps)
         if i is None:
@@ -423,8 +444,11 @@ def _terminal(ctx: Context, phase: Phase, reason: str, message: str, ready: bool
                       C.DEADLINE_MET if within else C.DEADLINE_MISSED if ready or now > ctx.status.deadline
                       else C.NOT_COMPLETED,
                       f"Finished in {ctx.status.duration}; the {ctx.rollback.spec.severity} target "
-                      f"is {planning.format_duration(planning.DEADLINES[ctx.rollback.spec.severity])}."
+                      f"is {planning.format_duration(ctx.status.deadline - ctx.status.started_at)}."
                       if ready else "The rollback did not complete.")
+    if ctx.status.leases:
+        gate.release(ctx)             # the targets are free again: with the terminal write
+    gate.record_late_approvals(ctx)
     if phase != Phase.PLANNED:
         if ready and now > ctx.status.deadline:
             notifications.queue(ctx, NotificationEvent.DEADLINE_MISSED, f"The {ctx.rollback.spec.severity} "

@@ -46,14 +46,23 @@ def render(obj: dict) -> str:
     spec, st = rb.spec, rb.status
     meta = rb.metadata
     ready = _cond(rb, "Ready")
-    target = planning.DEADLINES[spec.severity]
+    target = (st.deadline - st.started_at) if st.deadline and st.started_at else planning.DEADLINES[spec.severity]
     out = [HEADER, ""]
     out += [f"**Date/Time:** {_t(st.started_at)}",
             f"**Incident ID:** {meta['namespace']}/{meta['name']} (uid {meta.get('uid', '-')})",
             f"**Severity:** {spec.severity.upper()}",
             f"**Duration:** {st.duration or '-'} (target {planning.format_duration(target)}; {_target(rb)})",
             f"**Outcome:** {st.phase or 'Pending'}" + (f" ({ready.reason})" if ready else ""),
-            f"**Requested by:** {spec.requested_by or '-'} (declared in the spec)", ""]
+            f"**Requested by:** {spec.requester.username if spec.requester else '-'} (as the API server "
+            f"authenticated them){f'; declared: {spec.requested_by}' if spec.requested_by else ''}",
+            f"**Policy:** {st.policy or '-'}"
+            + (" — **BREAK-GLASS**: started before its approvals" if st.break_glass else ""), ""]
+    if st.approvals or st.approved_at:
+        out += ["## Approvals", ""]
+        out += [f"- {a.approver}, {a.role}: {a.decision} at {_t(a.at)} ({a.approval})"
+                + ("" if a.counted else f" — not counted: {a.reason}") for a in st.approvals]
+        out += [f"- Approved at {_t(st.approved_at)}" if st.approved_at and not st.break_glass
+                else "- Approvals still missing" if st.break_glass else "", ""]
     out += ["## Incident Summary", "", ready.message if ready else "The rollback has not started yet.", ""]
     out += ["## Trigger", "", spec.reason, ""]
 

@@ -159,3 +159,23 @@ def generate(directory: Path) -> Pki:
         )
     )
     return pki
+
+
+def issue_client(pki: Pki, directory: Path, username: str, groups: list[str]) -> tuple[Path, Path]:
+    """A client certificate for `username` in `groups` (the API server reads CN as the user name
+    and O as groups), signed by the test bed's CA: a distinct user, as a real cluster's
+    authentication would present them. Returns (certificate, key) paths."""
+    from cryptography.x509.oid import NameOID as _oid
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    ca_name = x509.load_pem_x509_certificate(pki.ca_crt.read_bytes()).subject
+    key = _key()
+    attrs = [x509.NameAttribute(_oid.COMMON_NAME, username)]
+    attrs += [x509.NameAttribute(_oid.ORGANIZATION_NAME, g) for g in groups]
+    safe = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in username)
+    crt, key_path = directory / f"{safe}.crt", directory / f"{safe}.key"
+    _write_key(key_path, key)
+    _write_cert(crt, _sign(x509.Name(attrs), key.public_key(), ca_name, ca_key,
+                           usages=[ExtendedKeyUsageOID.CLIENT_AUTH]))
+    return crt, key_path

@@ -33,6 +33,28 @@ class Cluster:
     kubectl_bin: str
     log_dir: Path | None = None
     audit_log: Path | None = None
+    pki_dir: Path | None = None          # the local control plane's CA (None on an external cluster)
+
+    def user_kubeconfig(self, username: str, groups: list[str], directory: Path) -> Path:
+        """A kubeconfig for a distinct user with a client certificate from the test bed's CA."""
+        import yaml
+
+        from rewind_testbed import pki as pkimod
+
+        if self.pki_dir is None:
+            pytest.skip("distinct users need the local test bed's CA to sign client certificates; "
+                        "an existing cluster's authentication is not ours to extend")
+        crt, key = pkimod.issue_client(pkimod.Pki(self.pki_dir), directory, username, groups)
+        admin = yaml.safe_load(self.kubeconfig.read_text())
+        cl = admin["clusters"][0]
+        path = directory / f"{crt.stem}.kubeconfig"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "clusters": [cl],
+            "users": [{"name": username, "user": {"client-certificate": str(crt), "client-key": str(key)}}],
+            "contexts": [{"name": username, "context": {"cluster": cl["name"], "user": username}}],
+            "current-context": username}))
+        path.chmod(0o600)
+        return path
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
                 timeout: float = 120) -> subprocess.CompletedProcess:
@@ -70,7 +92,7 @@ def cluster(bed_dir: Path) -> Cluster:
     cp = ControlPlane.start(bed_dir / "cluster")
     print(f"\ntest control plane up in {cp.started_in:.1f}s; logs in {cp.log_dir}")
     try:
-        yield Cluster(cp.kubeconfig, str(cp.bin_dir / "kubectl"), cp.log_dir, cp.audit_log)
+        yield Cluster(cp.kubeconfig, str(cp.bin_dir / "kubectl"), cp.log_dir, cp.audit_log, cp.pki.dir)
     finally:
         cp.stop()
 

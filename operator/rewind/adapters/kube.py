@@ -173,8 +173,9 @@ class Kube:
                   timeout: float) -> bool:
         """Blocks until the object changes after `resource_version` (True), or `timeout` seconds
         pass without a change (False). Reads only: one watch request, closed at the first event."""
-        query = {"watch": "1", "fieldSelector": f"metadata.name={name}",
-                 "timeoutSeconds": str(max(1, int(timeout)))}
+        query = {"watch": "1", "timeoutSeconds": str(max(1, int(timeout)))}
+        if name:        # one object; without a name, any object of the namespace's collection
+            query["fieldSelector"] = f"metadata.name={name}"
         if resource_version:
             query["resourceVersion"] = resource_version
         method, url, headers, _, _ = self.api.param_serialize(

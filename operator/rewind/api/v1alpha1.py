@@ -337,6 +337,7 @@ class Verification(_Model):
 class NotificationEvent(str, Enum):
     STARTED = "Started"
     AWAITING_APPROVAL = "AwaitingApproval"
+    BREAK_GLASS = "BreakGlass"
     STEP_FAILED = "StepFailed"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
@@ -396,7 +397,7 @@ class Notification(_Model):
     ]})
 
     name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
-    events: list[NotificationEvent] | None = Field(None, max_length=6, description="Default: all.")
+    events: list[NotificationEvent] | None = Field(None, max_length=8, description="Default: all.")
     severities: list[Severity] | None = Field(None, max_length=4, description="Default: all.")
     slack: SlackTarget | None = None
     webhook: WebhookTarget | None = None

@@ -1,4 +1,4 @@
-"""`kubectl rewind get | describe | watch | plan | abort`: the incident commands, with kubectl's
+"""`kubectl rewind get | describe | watch | plan | abort | approve | deny`: the incident commands, with kubectl's
 habits (-n/--namespace, -A/--all-namespaces, -o yaml|json|wide|name, --kubeconfig, --context) and
 exit codes a script can use (see common.EXIT_CODES). They act with the caller's own credentials.
 """
@@ -10,7 +10,7 @@ import sys
 
 from rewind.commands import common
 
-COMMANDS = ("get", "describe", "watch", "plan", "abort")
+COMMANDS = ("get", "describe", "watch", "plan", "abort", "approve", "deny")
 
 
 def _guarded(func):
@@ -129,7 +129,11 @@ def register(sub) -> None:
     common.add_connection_flags(p)
     p.set_defaults(func=_guarded(follow.run_abort))
 
+    from rewind.commands import approve
+    approve.register(sub, _guarded, _fill, _epilog)
 
-EXIT_CODES_HELP = ("incident commands (as `kubectl rewind ...`): get, describe, watch, plan, abort; "
+
+EXIT_CODES_HELP = ("incident commands (as `kubectl rewind ...`): get, describe, watch, plan, abort, "
+                   "approve, deny; "
                    "they take -n/--namespace, --kubeconfig, --context like kubectl.\n\n"
                    + common.EXIT_CODES)

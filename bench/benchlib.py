@@ -22,10 +22,10 @@ import yaml
 
 from rewind_testbed import cluster as cluster_mod
 from rewind_testbed.cluster import ControlPlane, build_binaries
+from rewind_testbed.install import PERMISSIVE, install
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-CRD = REPO / "crds" / "rollbacks.rewind.dev.yaml"
 RBAC = REPO / "manifests" / "rbac.yaml"
 SYSTEM_NS = "rewind-bench-system"
 OPERATOR_SA = "rewind-operator"
@@ -101,8 +101,7 @@ class Bed:
             cluster_mod.AUDIT_POLICY = AUDIT_ALL_POLICY
         cp = ControlPlane.start(run_dir / "cluster", bin_dir)
         try:
-            cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-            cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/rollbacks.rewind.dev")
+            install(cp.kubectl, PERMISSIVE)     # CRDs, admission policies, a policy with no approvals
             docs = list(yaml.safe_load_all(RBAC.read_text()))
             roles = [d for d in docs if d["kind"] == "ClusterRole"]
             discovery = next(d for d in docs if d["kind"] == "ClusterRoleBinding"

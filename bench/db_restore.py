@@ -47,12 +47,12 @@ from kubernetes import client, config
 from psycopg import sql
 
 from rewind_testbed.cluster import ControlPlane, build_binaries
+from rewind_testbed.install import PERMISSIVE, install
 from rewind_testbed.jobrunner import JobRunner
 from rewind_testbed.postgres import PostgresServer, find_bindir
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-CRD = REPO / "crds" / "rollbacks.rewind.dev.yaml"
 GROUP, VERSION, PLURAL = "rewind.dev", "v1alpha1", "rollbacks"
 
 LIVE = "booking"                 # the live database's name; the dump must name it (check step)
@@ -250,13 +250,7 @@ class Bed:
         self.api = config.new_client_from_config(config_file=str(self.cp.kubeconfig))
         self.runner = JobRunner(self.cp.kubeconfig, self.run_dir / "jobs", find_bindir()).start()
         say(f"    job runner up; pod logs in {self.runner.root_dir / 'logs'}")
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/rollbacks.rewind.dev")
-        deadline = time.monotonic() + 30
-        while self.kubectl("get", "rollbacks", "-A", check=False).returncode != 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the Rollback CRD is not served after 30s")
-            time.sleep(0.2)
+        install(self.cp.kubectl, PERMISSIVE)   # CRDs, admission policies, a policy with no approvals
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
         out = self.cp.kubectl(*args, check=False, input=input)

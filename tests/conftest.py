@@ -19,40 +19,14 @@ OPERATOR_NS = "rewind-test-system"
 OPERATOR_SA = "rewind-operator"
 
 
-ADMISSION = REPO / "manifests" / "admission.yaml"
-# The test bed's platform policy: no approvals (the authorization tests set their own policy in
-# their namespace), and the operator may connect to loopback only, where every test server listens.
-TEST_BED_POLICY = {
-    "apiVersion": "rewind.dev/v1alpha1", "kind": "ClusterRollbackPolicy",
-    "metadata": {"name": "default"},
-    "spec": {"egress": [{"cidr": "127.0.0.0/8"}, {"cidr": "::1/128"}]},
-}
-
-
 @pytest.fixture(scope="session")
 def rollback_crd(cluster):
     """The committed CRDs and admission policies, installed the way a user installs them, and the
-    test bed's ClusterRollbackPolicy."""
-    import yaml
+    test bed's ClusterRollbackPolicy (no approvals; the operator may connect to loopback only, where
+    every test server listens). The authorization tests set their own policy in their namespace."""
+    from rewind_testbed.install import PERMISSIVE, install
 
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD.parent))
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ADMISSION))
-    # kubectl wait errors out at once (".status.conditions accessor error") while the new CRD has
-    # no conditions yet, instead of waiting: ask again until it answers.
-    wait_for("CRD established", lambda: cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=10s", "crd/rollbacks.rewind.dev",
-        check=False).returncode == 0, timeout=60)
-    wait_for("rollbacks served", lambda: cluster.kubectl(
-        "get", "rollbacks", "-A", check=False).returncode == 0, timeout=30)
-    # The admission policies type-check against the CRD's schema once their plugin has seen it:
-    # until then a create answers 503. A server-side dry run goes through admission.
-    probe = yaml.safe_dump({"apiVersion": "rewind.dev/v1alpha1", "kind": "Rollback",
-                            "metadata": {"name": "probe", "namespace": "default"},
-                            "spec": {"severity": "Low", "reason": "probe", "application": [{"name": "x"}]}})
-    wait_for("admission policies ready", lambda: cluster.kubectl(
-        "create", "--dry-run=server", "-f", "-", input=probe, check=False).returncode == 0, timeout=60)
-    wait_for("policies served", lambda: cluster.kubectl(
-        "apply", "-f", "-", input=yaml.safe_dump(TEST_BED_POLICY), check=False).returncode == 0, timeout=30)
+    install(cluster.kubectl, PERMISSIVE)
     return CRD
 
 

@@ -1,9 +1,11 @@
 """Rewind's end-to-end demo on the local control plane (`make demo`).
 
 It brings up the cluster (building it the first time) and a PostgreSQL server, installs the
-Rollback CRD, deploys the booking app's good release with its database and last night's backup,
-then the bad release (and its bad migration), starts the operator, applies the on-call engineer's
-Rollback, shows its progress live, and ends with `kubectl get rollbacks`, the Rollback's
+CRDs and admission policies, deploys the booking app's good release with its database and last
+night's backup, then the bad release (and its bad migration), sets the platform team's policy,
+starts the operator; the on-call engineer (alice, with her own client certificate) applies the
+Rollback, it waits for the DevOps Lead's approval, bob gives it with `kubectl rewind approve`, and
+the demo shows its progress live, and ends with `kubectl get rollbacks`, the Rollback's
 conditions and what the database holds. `--keep` leaves everything running for a look around.
 
 Database Jobs run for real: with no container runtime here, the test bed's Job runner stands in
@@ -30,6 +32,8 @@ from rewind_testbed.alertmanager import Alertmanager
 from rewind_testbed.booking import BookingApp, localize
 from rewind_testbed.certs import issue
 from rewind_testbed.cluster import ControlPlane, build_binaries
+from rewind_testbed.install import install
+from rewind_testbed.pki import user_kubeconfig
 from rewind_testbed.jobrunner import JobRunner
 from rewind_testbed.postgres import PostgresServer, find_bindir
 from rewind_testbed.receivers import SmtpReceiver, WebhookReceiver, server_tls_context
@@ -102,6 +106,28 @@ def watch(demo: Demo, timeout: float = 300) -> dict:
     raise SystemExit("the rollback did not finish in time")
 
 
+PEOPLE_ROLES = ("rewind-requester", "rewind-approver-devops-lead")
+
+
+def as_user(cp: ControlPlane, kubeconfig: Path, *args: str, input: str | None = None) -> str:
+    out = subprocess.run([str(cp.bin_dir / "kubectl"), f"--kubeconfig={kubeconfig}", *args],
+                         capture_output=True, text=True, input=input)
+    if out.returncode != 0:
+        raise SystemExit(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
+    say(out.stdout.rstrip())
+    return out.stdout
+
+
+def wait_phase(demo: "Demo", phases: set[str], timeout: float = 120) -> dict:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        rb = demo.rollback()
+        if (rb.get("status") or {}).get("phase") in phases:
+            return rb
+        time.sleep(0.3)
+    raise SystemExit(f"the rollback did not reach {phases} in time")
+
+
 def run(args) -> int:
     step("Building (first time only: about 11 minutes on 2 cores) and starting the local control plane")
     bin_dir = build_binaries()
@@ -117,9 +143,14 @@ def run(args) -> int:
         say(f"API server {cp.server} up in {cp.started_in:.1f}s; logs in {cp.log_dir}")
         demo.kubectl("get", "nodes")
 
-        step("Installing the Rollback CRD")
-        demo.kubectl("apply", "-f", str(REPO / "crds" / "rollbacks.rewind.dev.yaml"))
-        demo.kubectl("wait", "--for=condition=Established", "crd/rollbacks.rewind.dev")
+        step("Installing Rewind's CRDs and the admission policies that record who asks")
+        say("$ kubectl apply -f crds/ -f manifests/admission.yaml")
+        install(cp.kubectl, policy=None)
+        rbac = [d for d in yaml.safe_load_all((REPO / "manifests" / "rbac.yaml").read_text())
+                if d["kind"] == "ClusterRole" and d["metadata"]["name"] in PEOPLE_ROLES]
+        demo.kubectl("apply", "-f", "-", show=False, input=yaml.safe_dump_all(rbac))
+        say("$ kubectl apply -f manifests/rbac.yaml   # the people's roles: "
+            + ", ".join(PEOPLE_ROLES))
 
         step("Deploying the booking app: release 2.3.0 (good)")
         demo.kubectl("apply", "-f", str(HERE / "namespace.yaml"))
@@ -144,6 +175,22 @@ def run(args) -> int:
             f"at nightly/{DB}.dump.")
 
         demo.kubectl("apply", "-f", str(HERE / "platform.yaml"))
+
+        step("Who may roll back: the platform team's policy, and two people with their own certificates")
+        say((HERE / "policy.yaml").read_text().rstrip())
+        policy = yaml.safe_load((HERE / "policy.yaml").read_text())
+        policy["spec"]["egress"] = [{"cidr": "127.0.0.0/8"}, {"cidr": "::1/128"}]
+        demo.kubectl("apply", "-f", "-", show=False, input=yaml.safe_dump(policy))
+        say("(applied with egress to loopback, where the demo's stand-ins listen)")
+        users = run_dir / "users"
+        alice = user_kubeconfig(cp.pki, cp.kubeconfig, "alice", ["oncall"], users)
+        bob = user_kubeconfig(cp.pki, cp.kubeconfig, "bob", ["devops-leads"], users)
+        # alice is on call: she may change the booking namespace herself (edit) and request
+        # rollbacks; bob is the DevOps Lead: he may read it and approve for devops-lead.
+        for binding, role, who in (("alice-edit", "edit", "alice"), ("alice-requester", "rewind-requester", "alice"),
+                                   ("bob-view", "view", "bob"),
+                                   ("bob-devops-lead", "rewind-approver-devops-lead", "bob")):
+            demo.kubectl("create", "rolebinding", binding, f"--clusterrole={role}", f"--user={who}", "-n", NS)
 
         step("Release 2.4.0 goes out and breaks OAuth sign-in")
         demo.kubectl("apply", "-f", str(HERE / "app-v2.4.0-bad.yaml"))
@@ -192,7 +239,20 @@ def run(args) -> int:
             if "email" in n:
                 n["email"]["smtp"]["host"] = "localhost"   # the name on the demo's certificate
         say("(applied with the in-cluster addresses pointed at the local stand-ins)")
-        demo.kubectl("apply", "-f", "-", show=False, input=yaml.safe_dump(manifest))
+        say("$ kubectl apply -f rollback.yaml   # as alice")
+        as_user(cp, alice, "apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+        step("It waits for the DevOps Lead's approval (High severity), its deadline already running")
+        rb = wait_phase(demo, {"AwaitingApproval", "Failed"})
+        demo.kubectl("get", "rollbacks", "-n", NS, "-o", "wide")
+        approved = next(c for c in rb["status"]["conditions"] if c["type"] == "Approved")
+        say(f"Approved={approved['status']} ({approved['reason']}): {approved['message']}")
+        say(f"Requested by {rb['spec']['requester']['username']} (stamped by the API server).")
+        say(f"\n$ kubectl rewind approve {NAME} -n {NS} --role devops-lead   # as bob")
+        out = subprocess.run([sys.executable, "-m", "rewind.cli", "approve", NAME, "-n", NS, "--role",
+                              "devops-lead", "--comment", "diff checked", "--kubeconfig", str(bob)],
+                             capture_output=True, text=True)
+        say((out.stdout + out.stderr).rstrip())
 
         step("Progress, live")
         rb = watch(demo)

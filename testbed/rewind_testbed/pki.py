@@ -179,3 +179,22 @@ def issue_client(pki: Pki, directory: Path, username: str, groups: list[str]) ->
     _write_cert(crt, _sign(x509.Name(attrs), key.public_key(), ca_name, ca_key,
                            usages=[ExtendedKeyUsageOID.CLIENT_AUTH]))
     return crt, key_path
+
+
+def user_kubeconfig(pki: Pki, admin_kubeconfig: Path, username: str, groups: list[str],
+                    directory: Path) -> Path:
+    """A kubeconfig (mode 0600) for a distinct user with a client certificate from the test bed's
+    CA, for the cluster of `admin_kubeconfig`."""
+    import yaml
+
+    crt, key = issue_client(pki, directory, username, groups)
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    cl = admin["clusters"][0]
+    path = directory / f"{crt.stem}.kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "clusters": [cl],
+        "users": [{"name": username, "user": {"client-certificate": str(crt), "client-key": str(key)}}],
+        "contexts": [{"name": username, "context": {"cluster": cl["name"], "user": username}}],
+        "current-context": username}))
+    path.chmod(0o600)
+    return path

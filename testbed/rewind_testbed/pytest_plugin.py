@@ -37,24 +37,12 @@ class Cluster:
 
     def user_kubeconfig(self, username: str, groups: list[str], directory: Path) -> Path:
         """A kubeconfig for a distinct user with a client certificate from the test bed's CA."""
-        import yaml
-
         from rewind_testbed import pki as pkimod
 
         if self.pki_dir is None:
             pytest.skip("distinct users need the local test bed's CA to sign client certificates; "
                         "an existing cluster's authentication is not ours to extend")
-        crt, key = pkimod.issue_client(pkimod.Pki(self.pki_dir), directory, username, groups)
-        admin = yaml.safe_load(self.kubeconfig.read_text())
-        cl = admin["clusters"][0]
-        path = directory / f"{crt.stem}.kubeconfig"
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "clusters": [cl],
-            "users": [{"name": username, "user": {"client-certificate": str(crt), "client-key": str(key)}}],
-            "contexts": [{"name": username, "context": {"cluster": cl["name"], "user": username}}],
-            "current-context": username}))
-        path.chmod(0o600)
-        return path
+        return pkimod.user_kubeconfig(pkimod.Pki(self.pki_dir), self.kubeconfig, username, groups, directory)
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
                 timeout: float = 120) -> subprocess.CompletedProcess:

@@ -125,7 +125,7 @@ def render(helm: Path) -> dict[Path, str]:
         MANIFESTS / "policy" / "default.yaml": header(
             "The cluster's default ClusterRollbackPolicy: the seed's decision matrix, which the operator applies "
             "anyway when there is no policy; start here to change it or to allow egress. Apply it once the CRDs "
-            "are established: kubectl apply -f manifests/policy/ (the helm.sh/hook annotations matter to Helm only).")
+            "are established: kubectl apply -f manifests/policy/")
         + "---\n".join(parts["policy"]),
     }
 

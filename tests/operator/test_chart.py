@@ -30,6 +30,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -54,6 +55,8 @@ IMAGES = ["registry.local/chart-web:1", "registry.local/chart-web:2", "registry.
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
 PROMETHEUS_RULE_API = "monitoring.coreos.com/v1/PrometheusRule"
 MONITORING_APIS = ("--api-versions", SERVICE_MONITOR_API, "--api-versions", PROMETHEUS_RULE_API)
+# What an upgrade sees once the first install created the policy CRDs.
+POLICY_API = ("--api-versions", "rewind.dev/v1alpha1/ClusterRollbackPolicy")
 ALERTS = ["RewindRollbackFailed", "RewindRollbackStalled", "RewindRollbackMissedDeadline", "RewindHooksNotUndone",
           "RewindOperatorErrors", "RewindNoLeader"]
 # Objects of a render that the rollback test creates for real: who the operator is and what it may do.
@@ -298,12 +301,13 @@ def every_value(watch: list[str], release: str = "rewind", dashboard_namespace: 
 def test_helm_lint(helm, tmp_path):
     out = subprocess.run([str(helm), "lint", "--strict", str(CHART)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    # `helm lint` cannot be told that the ServiceMonitor and PrometheusRule APIs exist; everything
-    # else of the full file.
+    # `helm lint` cannot be told that the ServiceMonitor, PrometheusRule and ClusterRollbackPolicy
+    # APIs exist; everything else of the full file.
     f = tmp_path / "values.yaml"
     f.write_text(yaml.safe_dump(every_value(["booking", "payments"])))
     out = subprocess.run([str(helm), "lint", "--strict", str(CHART), "--values", str(f), "--set",
-                          "metrics.serviceMonitor.enabled=false,metrics.prometheusRule.enabled=false"],
+                          "metrics.serviceMonitor.enabled=false,metrics.prometheusRule.enabled=false,"
+                          "defaultPolicy.egress=null"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -313,8 +317,8 @@ def test_default_values_render_an_operator_confined_to_its_namespace(helm):
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["ServiceAccount", *["CustomResourceDefinition"] * 4, *["ClusterRole"] * 6,
                             "ClusterRoleBinding", "RoleBinding", "Service", "Deployment", *ADMISSION_KINDS,
-                            "MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding",
-                            "ClusterRollbackPolicy"]), kinds
+                            "MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"]), kinds
+    # (The default ClusterRollbackPolicy waits for the CRD this render installs: see below.)
     deployment = one(docs, "Deployment")
     assert deployment["metadata"]["name"] == "rewind-operator"
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
@@ -364,7 +368,8 @@ def test_a_values_file_that_sets_every_value(helm, tmp_path):
     missing = {p for p in leaf_paths(defaults) if not any(g[:len(p)] == p for g in given)}
     assert not missing, f"values.yaml has values this test does not set: {sorted(missing)}"
 
-    docs = template(helm, values, *MONITORING_APIS, release="ops", namespace="ops-system", tmp_path=tmp_path)
+    docs = template(helm, values, *MONITORING_APIS, *POLICY_API, release="ops", namespace="ops-system",
+                    tmp_path=tmp_path)
     deployment = one(docs, "Deployment")
     assert deployment["metadata"]["name"] == "ops-rwd-operator"
     assert deployment["spec"]["replicas"] == 2
@@ -452,27 +457,32 @@ def test_a_values_file_that_sets_every_value(helm, tmp_path):
 
 
 def test_the_defaults_ship_the_admission_policies_and_the_default_policy(helm, tmp_path):
-    docs = template(helm)
+    docs = template(helm, None, *POLICY_API)
     admission = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] in ADMISSION_KINDS}
     assert {("MutatingAdmissionPolicy", "rewind-requester"), ("MutatingAdmissionPolicy", "rewind-approver"),
             ("ValidatingAdmissionPolicy", "rewind-requester")} <= admission, admission
     policy = one(docs, "ClusterRollbackPolicy")
     assert policy["metadata"]["name"] == "default"
-    # A hook: Helm creates it once the release's CRDs (templates) are served.
-    assert policy["metadata"]["annotations"] == {"helm.sh/hook": "post-install,post-upgrade",
-                                                 "helm.sh/hook-delete-policy": "before-hook-creation"}
     # Exactly the matrix the operator applies without a policy object (SEED_POLICY), egress empty.
     assert RollbackPolicySpec.model_validate(policy["spec"]) == SEED_POLICY
     assert policy["spec"]["egress"] == [] and policy["spec"]["selfApproval"] is False
 
     egress = [{"cidr": "10.0.0.0/8"}, {"host": "hooks.slack.com", "ports": [443]}]
-    docs = template(helm, {"defaultPolicy": {"egress": egress}}, tmp_path=tmp_path)
+    docs = template(helm, {"defaultPolicy": {"egress": egress}}, *POLICY_API, tmp_path=tmp_path)
     spec = one(docs, "ClusterRollbackPolicy")["spec"]
     assert spec["egress"] == egress
     assert RollbackPolicySpec.model_validate(spec).model_copy(update={"egress": []}) == SEED_POLICY
 
+    # Where the CRDs come from elsewhere (crds.install=false, as in manifests/), they are served first.
+    assert one(template(helm, None, "--set", "crds.install=false"), "ClusterRollbackPolicy")["spec"] == policy["spec"]
+    # The install that creates the CRD cannot create the policy (test_the_default_policy_with_helm):
+    # left to the next upgrade, or refused when it carries egress.
+    assert not by_kind(template(helm), "ClusterRollbackPolicy")
+    assert "defaultPolicy.egress is set, but the cluster does not serve ClusterRollbackPolicy yet" in refused(
+        helm, "--set", "defaultPolicy.egress[0].cidr=10.0.0.0/8")
+
     # The session's switches, as the cluster tests below use them: neither object is rendered.
-    docs = template(helm, SESSION_OWNED, tmp_path=tmp_path)
+    docs = template(helm, SESSION_OWNED, *POLICY_API, tmp_path=tmp_path)
     assert not {d["kind"] for d in docs} & (ADMISSION_KINDS | {"ClusterRollbackPolicy"})
 
 
@@ -765,10 +775,11 @@ def test_the_renders_and_manifests_pass_a_server_side_dry_run(cluster, helm, tmp
                                                               rollback_crd, service_monitor_api,
                                                               prometheus_rule_api, peering_crds, api_client):
     release_ns, second = namespaces("release"), namespaces("watched")
-    dry_run(cluster, template(helm, namespace=release_ns))
+    # With the policy CRD served (as on an upgrade): the default policy passes its schema too.
+    dry_run(cluster, template(helm, None, *POLICY_API, namespace=release_ns))
     # Every value, the dashboard's ConfigMap in another namespace (as for a Grafana sidecar's).
     full = template(helm, every_value([namespace, second], release="ops", dashboard_namespace=second),
-                    *MONITORING_APIS, release="ops", namespace=release_ns, tmp_path=tmp_path)
+                    *MONITORING_APIS, *POLICY_API, release="ops", namespace=release_ns, tmp_path=tmp_path)
     assert {"ServiceMonitor", "PrometheusRule", "ConfigMap", "PodDisruptionBudget", "KopfPeering",
             "RoleBinding"} <= {d["kind"] for d in full}
     dry_run(cluster, full)
@@ -795,6 +806,55 @@ def test_the_renders_and_manifests_pass_a_server_side_dry_run(cluster, helm, tmp
     finally:
         for name in created:
             core.delete_namespace(name)
+
+
+@pytest.mark.cluster
+def test_the_default_policy_with_helm(cluster, helm, tmp_path):
+    """`helm install` and `helm upgrade` for real, of the chart's policy CRDs and its default policy
+    only, their API group renamed (rewind.dev -> policytest.rewind.example) so that the session's
+    CRDs and ClusterRollbackPolicy stay untouched. Helm builds every object of an install before it
+    creates any, so the install that creates the CRD cannot create the policy: a fresh install
+    leaves it to the next upgrade, and refuses egress it could not apply."""
+    group = "policytest.rewind.example"
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart, ignore=shutil.ignore_patterns("crds"))
+    for f in (chart / "templates").iterdir():
+        if f.name in ("crd-policies.yaml", "policy.yaml", "_helpers.tpl", "NOTES.txt"):
+            f.write_text(f.read_text().replace("rewind.dev", group))
+        else:
+            f.unlink()
+    kube = {"KUBECONFIG": str(cluster.kubeconfig), "HOME": str(tmp_path), "PATH": os.environ.get("PATH", "")}
+
+    def run_helm(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(helm), *args, str(chart), "--namespace", "default"], capture_output=True,
+                              text=True, env=kube, timeout=120)
+
+    def egress() -> list | None:
+        got = cluster.kubectl("get", f"clusterrollbackpolicies.{group}", "default", "-o", "json", check=False)
+        return json.loads(got.stdout)["spec"].get("egress") if got.returncode == 0 else None
+
+    release = f"policytest-{secrets.token_hex(3)}"
+    try:
+        refused_install = run_helm("install", release, "--set", "defaultPolicy.egress[0].cidr=10.0.0.0/8")
+        assert refused_install.returncode != 0
+        assert "defaultPolicy.egress is set, but the cluster does not serve ClusterRollbackPolicy yet" in \
+            refused_install.stderr
+        installed = run_helm("install", release)
+        assert installed.returncode == 0, installed.stderr
+        assert "created by the next `helm upgrade`" in installed.stdout
+        assert egress() is None, "the first install created the policy"
+        upgraded = run_helm("upgrade", release)
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert egress() == []
+        upgraded = run_helm("upgrade", release, "--set", "defaultPolicy.egress[0].cidr=10.0.0.0/8")
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert egress() == [{"cidr": "10.0.0.0/8"}]
+    finally:
+        subprocess.run([str(helm), "uninstall", release, "--namespace", "default"], capture_output=True,
+                       env=kube, timeout=120)
+        cluster.kubectl("delete", f"clusterrollbackpolicies.{group}", "--all", "--ignore-not-found", check=False)
+        for plural in ("rollbackpolicies", "clusterrollbackpolicies", "rollbackapprovals"):
+            cluster.kubectl("delete", "crd", f"{plural}.{group}", "--ignore-not-found", "--wait=false", check=False)
 
 
 # --- the operator under exactly the chart's identity --------------------------------------------

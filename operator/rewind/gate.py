@@ -18,7 +18,7 @@ import datetime
 import hashlib
 import logging
 
-from rewind import authz
+from rewind import authz, metrics
 from rewind.adapters.kube import Kube, KubeError, Resource, owner_reference
 from rewind.api import conditions as C
 from rewind.api import policy as P
@@ -138,6 +138,7 @@ def approvals(ctx: Context) -> Wait | None:
     if not missing:
         ctx.status.approved_at = now
         ctx.status.phase = Phase.RUNNING.value
+        metrics.APPROVALS_WAITED.labels(spec.severity).observe((now - ctx.status.started_at).total_seconds())
         ctx.condition(APPROVED, "True", APPROVED, f"Approved by {_who(counted)}.")
         ctx.emit("Normal", APPROVED, f"Approved by {_who(counted)}.")
         return None

@@ -373,3 +373,37 @@ def test_two_rollbacks_on_one_deployment(cluster, api_client, apps, namespace, o
         assert [lease.metadata.name for lease in leases] == []
     finally:
         server.shutdown()
+
+
+def test_a_gitops_service_account_is_a_requester_like_any_other(cluster, api_client, apps, namespace,
+                                                               operator, people, tmp_path):
+    """A ServiceAccount standing in for a GitOps controller: its own rights are the limit, too."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tests_conftest", REPO / "tests" / "conftest.py")
+    top = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(top)
+    _policy(cluster, namespace)
+    rs = deploy_revisions(apps, namespace, "web", IMAGES)
+    cluster.kubectl("create", "serviceaccount", "gitops", "-n", namespace)
+    sa = f"system:serviceaccount:{namespace}:gitops"
+    for role in ("requester",):
+        cluster.kubectl("create", "rolebinding", f"gitops-{role}", f"--role={role}",
+                        f"--serviceaccount={namespace}:gitops", "-n", namespace)
+    people.configs["gitops"] = top._service_account_kubeconfig(cluster, api_client, namespace, "gitops",
+                                                           tmp_path / "gitops.kubeconfig")
+    people.apply("gitops", rollback("from-git", [{"name": "web"}]))
+    rb = wait_phase(api_client, namespace, "from-git", {"Failed", "Succeeded"}, timeout=60)
+    assert rb["spec"]["requester"]["username"] == sa
+    assert rb["spec"]["requester"]["uid"]                     # a token's identity carries a UID
+    assert f"system:serviceaccounts:{namespace}" in rb["spec"]["requester"]["groups"]
+    assert condition(rb, "Ready")["reason"] == "RequesterNotAllowed"
+    assert f"{sa} may not" in condition(rb, "Ready")["message"]
+    assert _deployment_writes(cluster, namespace) == []
+
+    cluster.kubectl("create", "rolebinding", "gitops-deployer", "--role=deployer",
+                    f"--serviceaccount={namespace}:gitops", "-n", namespace)
+    people.apply("gitops", rollback("from-git-2", [{"name": "web"}]))
+    rb = wait_phase(api_client, namespace, "from-git-2", {"Failed", "Succeeded"}, timeout=90)
+    assert rb["status"]["phase"] == "Succeeded", condition(rb, "Ready")
+    assert deployment_dict(apps, namespace, "web")["spec"]["template"] == template_of(rs[2])

@@ -118,8 +118,20 @@ def render(obj: dict, events: list[dict] | None = None) -> str:
     field("Namespace", meta["namespace"])
     field("Severity", spec.get("severity"))
     field("Reason", spec.get("reason"))
+    requester = spec.get("requester") or {}
+    if requester.get("username"):
+        field("Requester", f"{requester['username']} (stamped by the API server)")
     if spec.get("requestedBy"):
         field("Requested By", f"{spec['requestedBy']} (declared)")
+    if st.get("policy"):
+        field("Policy", st["policy"])
+    if st.get("breakGlass"):
+        field("Break-Glass", "started before its approvals")
+    for a in st.get("approvals") or []:
+        field("Approval", f"{a.get('approver')} as {a.get('role')}: {a.get('decision')}"
+              + ("" if a.get("counted") else f" (not counted: {a.get('reason')})"))
+    for held in st.get("leases") or []:
+        field("Holds", f"{held.get('target')} (Lease {held.get('lease')})")
     if spec.get("dryRun"):
         field("Dry Run", "true (plan and preflight only; nothing is changed)")
     abort = (meta.get("annotations") or {}).get("rewind.dev/abort")

@@ -120,15 +120,28 @@ class Permission:
 _WORKLOAD_PLURALS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
 
 
+def consumers(step: PlanStep) -> list[tuple[str, str]]:
+    """The workloads a ConsumersRestart step restarts: (kind, name), from its target "Kind/name,..."."""
+    out = []
+    for item in step.target.name.split(","):
+        wkind, _, wname = item.strip().partition("/")
+        if wname:
+            out.append((wkind, wname))
+    return out
+
+
 def required(spec: RollbackSpec, plan: list[PlanStep]) -> list[Permission]:
     """Every action the rollback would take, as the requester would need it to do it himself."""
     perms: list[Permission] = []
     add = perms.append
     for step in plan:
         kind = StepKind(step.kind)
-        if kind in (StepKind.WORKLOAD_REVISION, StepKind.CONSUMERS_RESTART) and step.action != "NoOp":
-            plural = _WORKLOAD_PLURALS.get(step.target.kind, step.target.kind.lower() + "s")
-            add(Permission("patch", "apps", plural, step.target.name, f"step {step.name}"))
+        if kind == StepKind.WORKLOAD_REVISION and step.action != "NoOp":
+            add(Permission("patch", "apps", _WORKLOAD_PLURALS[step.target.kind], step.target.name,
+                           f"step {step.name}"))
+        elif kind == StepKind.CONSUMERS_RESTART:
+            for wkind, wname in consumers(step):
+                add(Permission("patch", "apps", _WORKLOAD_PLURALS[wkind], wname, f"step {step.name}"))
         elif kind == StepKind.SECRETS_RESTORE:
             for change in step.secrets:
                 add(Permission("update", "", "secrets", change.name, f"step {step.name}"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
+import re
 
 from rewind import authz, metrics
 from rewind.adapters.kube import Kube, KubeError, Resource, owner_reference
@@ -197,8 +198,10 @@ def targets(ctx: Context) -> list[tuple[str, str]]:
     out: set[tuple[str, str]] = set()
     for step in ctx.status.plan:
         kind = StepKind(step.kind)
-        if kind in (StepKind.WORKLOAD_REVISION, StepKind.CONSUMERS_RESTART):
+        if kind == StepKind.WORKLOAD_REVISION:
             out.add((step.target.kind, step.target.name))
+        elif kind == StepKind.CONSUMERS_RESTART:
+            out.update(authz.consumers(step))
         elif kind == StepKind.SECRETS_RESTORE:
             out.update(("Secret", c.name) for c in step.secrets)
         elif kind == StepKind.MAINTENANCE_ENTER and step.target.kind == "Service":
@@ -213,8 +216,9 @@ def targets(ctx: Context) -> list[tuple[str, str]]:
 
 
 def lease_name(kind: str, name: str) -> str:
-    base = f"rewind.{kind.lower()}.{name.lower()}".replace("_", "-")
-    if len(base) <= 253:
+    """rewind.<kind>.<name>, a valid object name (a hash when the name does not fit)."""
+    base = f"rewind.{kind.lower()}.{name.lower()}"
+    if len(base) <= 253 and re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", base) and ".." not in base:
         return base
     return f"rewind.{kind.lower()}.{hashlib.sha256(name.encode()).hexdigest()[:32]}"
 

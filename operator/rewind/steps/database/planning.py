@@ -4,6 +4,7 @@ a staging name someone else took) is refused while nothing has changed yet."""
 
 from __future__ import annotations
 
+from rewind import egress
 from rewind.adapters import db
 from rewind.adapters.kube import Kube
 from rewind.api import conditions as C
@@ -18,12 +19,16 @@ def preflight(kube: Kube, req: Request) -> Found:
     """The database's steps, when the spec has a database."""
     if not req.spec.database:
         return Found()
-    return Found(steps=resolve(kube, req.namespace, req.uid, req.spec.database))
+    return Found(steps=resolve(kube, req.namespace, req.uid, req.spec.database, egress.rules_of(req.policy)))
 
 
-def resolve(kube: Kube, ns: str, uid: str, spec: DatabaseSpec) -> list[PlanStep]:
-    """Preflight: the Secret, the URL, the server, the names. Reads only; raises StepFailed."""
+def resolve(kube: Kube, ns: str, uid: str, spec: DatabaseSpec, rules) -> list[PlanStep]:
+    """Preflight: the Secret, the URL, the server (where the policy lets the operator connect),
+    the names. Reads only; raises StepFailed (or EgressDenied, before any connection)."""
     target = connection.target(kube, ns, spec)
+    ref = spec.connection.secret_ref
+    if not target.host.startswith("/"):       # a Unix socket is not egress
+        egress.resolve(target.host, int(target.port or 5432), rules, secret=f"Secret {ns}/{ref.name} key {ref.key}")
     live = target.dbname
     with db.connect(target) as conn:
         conn.execute("SELECT 1")

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from loopback import LOOPBACK
 from rewind_testbed.certs import issue, pki
 from rewind_testbed.receivers import SmtpReceiver, WebhookReceiver, server_tls_context
 from rewind import __version__
@@ -48,7 +49,7 @@ def secret_url(receiver: WebhookReceiver) -> str:
 # --- Slack and webhooks -------------------------------------------------------------------------
 
 def test_slack_gets_the_text(slack):
-    d = checked(notify.send_slack(secret_url(slack), "Rollback *shop* started"))
+    d = checked(notify.send_slack(secret_url(slack), "Rollback *shop* started", rules=LOOPBACK))
     assert d.ok and d.detail == "Slack answered 200"
     [r] = slack.requests
     assert r.payload == {"text": "Rollback *shop* started"}
@@ -57,14 +58,14 @@ def test_slack_gets_the_text(slack):
 
 def test_slack_error_code_is_reported_but_not_retried(slack):
     slack.fail_next(1, status=404, body="no_service")
-    d = checked(notify.send_slack(secret_url(slack), "hello"))
+    d = checked(notify.send_slack(secret_url(slack), "hello", rules=LOOPBACK))
     assert not d.ok and not d.retryable
     assert d.detail == "Slack answered 404 (no_service)"
 
 
 def test_webhook_gets_json_and_the_idempotency_key(hook):
     payload = {"event": "Succeeded", "rollback": "shop", "steps": [1, 2]}
-    d = checked(notify.send_webhook(secret_url(hook), payload, "rb-shop-Succeeded-1"))
+    d = checked(notify.send_webhook(secret_url(hook), payload, "rb-shop-Succeeded-1", rules=LOOPBACK))
     assert d.ok
     [r] = hook.requests
     assert r.method == "POST" and r.payload == payload
@@ -76,11 +77,11 @@ def test_webhook_gets_json_and_the_idempotency_key(hook):
 @pytest.mark.parametrize("fault", ["fail", "drop"])
 def test_a_retry_carries_the_same_key_and_is_acted_on_once(hook, fault):
     hook.fail_next(1, status=503) if fault == "fail" else hook.drop_next(1)
-    first = checked(notify.send_webhook(secret_url(hook), {"n": 1}, "key-1"))
+    first = checked(notify.send_webhook(secret_url(hook), {"n": 1}, "key-1", rules=LOOPBACK))
     assert not first.ok and first.retryable
     assert first.detail == ("The webhook answered 503" if fault == "fail"
                             else "The webhook: the connection closed without an answer")
-    again = checked(notify.send_webhook(secret_url(hook), {"n": 1}, "key-1"))
+    again = checked(notify.send_webhook(secret_url(hook), {"n": 1}, "key-1", rules=LOOPBACK))
     assert again.ok
     assert [r.key for r in hook.requests] == ["key-1", "key-1"]
     assert len(hook.delivered) == 1
@@ -93,7 +94,7 @@ def test_a_retry_carries_the_same_key_and_is_acted_on_once(hook, fault):
 ])
 def test_whether_an_error_answer_is_worth_retrying(hook, status, retryable):
     hook.fail_next(1, status=status, body=f"token {TOKEN} rejected")
-    d = checked(notify.send_webhook(secret_url(hook), {}, "k"))
+    d = checked(notify.send_webhook(secret_url(hook), {}, "k", rules=LOOPBACK))
     assert not d.ok and d.retryable is retryable
     assert d.detail.startswith(f"The webhook answered {status}")
     assert hook.delivered == []
@@ -102,10 +103,10 @@ def test_whether_an_error_answer_is_worth_retrying(hook, status, retryable):
 def test_a_slow_receiver_times_out_and_is_retried(hook):
     hook.slow_next(1, seconds=2)
     t0 = time.monotonic()
-    d = checked(notify.send_webhook(secret_url(hook), {}, "slow-1", timeout=0.3))
+    d = checked(notify.send_webhook(secret_url(hook), {}, "slow-1", timeout=0.3, rules=LOOPBACK))
     assert time.monotonic() - t0 < 1.5
     assert not d.ok and d.retryable and d.detail == "The webhook: timed out after 0.3s"
-    assert checked(notify.send_webhook(secret_url(hook), {}, "slow-1", timeout=0.3)).ok
+    assert checked(notify.send_webhook(secret_url(hook), {}, "slow-1", timeout=0.3, rules=LOOPBACK)).ok
     assert len(hook.requests) == 2 and len(hook.delivered) == 1   # the slow one was acted on
 
 
@@ -133,7 +134,8 @@ def test_a_never_ending_answer_is_not_read_to_the_end():
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    d = checked(notify.send_webhook(f"http://127.0.0.1:{listener.getsockname()[1]}/{TOKEN}", {}, "k", timeout=2))
+    d = checked(notify.send_webhook(f"http://127.0.0.1:{listener.getsockname()[1]}/{TOKEN}", {}, "k", timeout=2,
+                                    rules=LOOPBACK))
     t.join(timeout=10)
     listener.close()
     assert d.ok
@@ -142,9 +144,11 @@ def test_a_never_ending_answer_is_not_read_to_the_end():
 
 def test_unreachable_and_invalid_urls():
     port = _closed_port()
-    refused = checked(notify.send_webhook(f"http://127.0.0.1:{port}/{TOKEN}", {}, "k", timeout=1))
-    assert not refused.ok and refused.retryable and refused.detail == "The webhook: connection failed"
-    invalid = checked(notify.send_slack(f"hooks.slack.com/services/{TOKEN}", "x"))
+    refused = checked(notify.send_webhook(f"http://127.0.0.1:{port}/{TOKEN}", {}, "k", timeout=1,
+                                          rules=LOOPBACK))
+    assert not refused.ok and refused.retryable
+    assert refused.detail == "The webhook: connection failed: connection refused"
+    invalid = checked(notify.send_slack(f"hooks.slack.com/services/{TOKEN}", "x", rules=LOOPBACK))
     assert not invalid.ok and not invalid.retryable and "not a valid http(s) URL" in invalid.detail
 
 
@@ -156,10 +160,11 @@ def test_an_untrusted_webhook_certificate_is_refused_unless_verification_is_off(
     (tmp_path / "k.pem").write_bytes(leaf.key_pem)
     server, url = httpservers.start(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
     try:
-        d = checked(notify.send_webhook(f"{url}/{TOKEN}", {}, "k"))
+        d = checked(notify.send_webhook(f"{url}/{TOKEN}", {}, "k", rules=LOOPBACK))
         assert not d.ok and not d.retryable and "not trusted" in d.detail
         # httpservers answers 501 to any POST: TLS got through.
-        assert "answered 501" in notify.send_webhook(f"{url}/{TOKEN}", {}, "k", verify=False).detail
+        plain = notify.send_webhook(f"{url}/{TOKEN}", {}, "k", verify=False, rules=LOOPBACK)
+        assert "answered 501" in plain.detail
     finally:
         server.shutdown()
 
@@ -181,7 +186,7 @@ def smtp(receiver: SmtpReceiver, security: str = "None", host: str | None = None
 def mail(server: SmtpServer, message_id: str = "<rb-shop-Started-1@rewind.dev>", **kw) -> Delivery:
     kw = {"sender": "rewind@example.com", "to": ["oncall@example.com", "lead@example.com"],
           "subject": "Rollback shop started", "body": "Rolling back shop to v41.\n", "timeout": 3, **kw}
-    return checked(notify.send_email(server, message_id=message_id, **kw), PASSWORD)
+    return checked(notify.send_email(server, message_id=message_id, rules=LOOPBACK, **kw), PASSWORD)
 
 
 def test_plain_email_is_delivered_with_its_headers():

@@ -13,7 +13,7 @@ import json
 import ssl
 import time
 from datetime import datetime, timezone
-from typing import Union
+from typing import Sequence, Union
 from urllib.parse import quote
 
 import httpx
@@ -21,6 +21,7 @@ import httpx
 from rewind import egress
 from rewind.adapters.http import BodyTooLarge, BodyTooSlow, read_capped
 from rewind.api.errors import ReasonedError
+from rewind.api.policy import EgressRule
 
 Auth = Union[tuple[str, str], str, None]   # (username, password) for basic auth, or a bearer token
 MAX_BODY = 8 * 1024 * 1024       # the silence list holds expired silences too, for days
@@ -61,7 +62,8 @@ def _server_reason(body: bytes) -> str:
 
 
 def _call(method: str, base_url: str, path: str, *, timeout: float, verify: Verify,
-          absent: tuple[int, ...] = (), json_body: dict | None = None, auth: Auth = None, rules=None):
+          absent: tuple[int, ...] = (), json_body: dict | None = None, auth: Auth = None,
+          rules: Sequence[EgressRule]):
     """The decoded JSON answer of one request; None for a status in `absent` with an empty body.
     Connects only where `rules` (the policy's egress) allow; EgressDenied otherwise."""
     where = _where(base_url)
@@ -125,7 +127,7 @@ def _silence_path(silence_id: str) -> str:
 
 def create_silence(base_url: str, matchers: list[dict], *, ends_at: datetime, created_by: str,
                    comment: str, timeout: float = 10, verify: Verify = True, auth: Auth = None,
-                   rules=None) -> str:
+                   rules: Sequence[EgressRule]) -> str:
     """Silences, from now until `ends_at`, the alerts whose labels match every matcher
     ({"name", "value", "isRegex", "isEqual"}); returns the silence's id."""
     body = {
@@ -146,7 +148,7 @@ def create_silence(base_url: str, matchers: list[dict], *, ends_at: datetime, cr
 
 
 def find_silence(base_url: str, marker: str, *, timeout: float = 10,
-                 verify: Verify = True, auth: Auth = None, rules=None) -> str | None:
+                 verify: Verify = True, auth: Auth = None, rules: Sequence[EgressRule]) -> str | None:
     """The id of an active or pending silence whose comment contains `marker` (the one that ends
     last, should there be several), or None."""
     answer = _call("GET", base_url, "/api/v2/silences", timeout=timeout, verify=verify, auth=auth, rules=rules)
@@ -162,7 +164,7 @@ def find_silence(base_url: str, marker: str, *, timeout: float = 10,
 
 
 def expire_silence(base_url: str, silence_id: str, *, timeout: float = 10,
-                   verify: Verify = True, auth: Auth = None, rules=None) -> bool:
+                   verify: Verify = True, auth: Auth = None, rules: Sequence[EgressRule]) -> bool:
     """Expires the silence now. Idempotent: True also when it had expired already or is gone
     (Alertmanager forgets expired silences after its retention); failures raise."""
     _call("DELETE", base_url, _silence_path(silence_id), absent=(404,), timeout=timeout,
@@ -171,7 +173,7 @@ def expire_silence(base_url: str, silence_id: str, *, timeout: float = 10,
 
 
 def silence_state(base_url: str, silence_id: str, *, timeout: float = 10,
-                  verify: Verify = True, auth: Auth = None, rules=None) -> str | None:
+                  verify: Verify = True, auth: Auth = None, rules: Sequence[EgressRule]) -> str | None:
     """The silence's state, "active", "pending" or "expired"; None when Alertmanager has no such
     silence."""
     answer = _call("GET", base_url, _silence_path(silence_id), absent=(404,), timeout=timeout,

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Sequence
 
 import httpx
 
 from rewind import egress
 from rewind.adapters.measurement import Measurement
 from rewind.api.errors import ReasonedError
+from rewind.api.policy import EgressRule
 from rewind.api.v1alpha1 import HttpCheck
 
 MAX_BODY = 1024 * 1024
@@ -55,7 +57,7 @@ def json_value(document, path: str):
     return value
 
 
-def measure(check: HttpCheck, rules=None) -> Measurement:
+def measure(check: HttpCheck, rules: Sequence[EgressRule]) -> Measurement:
     """One measurement, connecting only where `rules` (the policy's egress) allow. The detail
     says what the endpoint answered in fixed words only (status code, latency, a reason): never
     its body, a value in it, a header or an exception's text."""
@@ -125,8 +127,8 @@ def check_url(url: str, what: str) -> None:
 
 
 def call(url: str, method: str, body: str | None, *, timeout: float, verify: bool = True,
-         label: str = "the hook", headers: dict[str, str] | None = None, rules=None,
-         secret: str | None = None) -> tuple[bool, bool, str]:
+         label: str = "the hook", headers: dict[str, str] | None = None,
+         rules: Sequence[EgressRule], secret: str | None = None) -> tuple[bool, bool, str]:
     """One call of a hook: (ok on 2xx, worth retrying, detail), connecting only where `rules`
     allow (`secret`: the Secret the URL came from, named instead of it). The detail names `label`,
     never the URL (it may come from a Secret). Redirects are not followed; the body is not read."""

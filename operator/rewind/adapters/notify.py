@@ -30,11 +30,13 @@ import ssl
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
+from typing import Sequence
 
 import httpx
 
 from rewind import __version__, egress
 from rewind.api.errors import ReasonedError
+from rewind.api.policy import EgressRule
 from rewind.api.v1alpha1 import SmtpSecurity, SmtpServer
 
 MAX_ANSWER = 4 * 1024
@@ -57,20 +59,22 @@ class Delivery:
     detail: str
 
 
-def send_slack(url: str, text: str, *, timeout: float = 5.0, rules=None, secret: str | None = None) -> Delivery:
+def send_slack(url: str, text: str, *, timeout: float = 5.0, rules: Sequence[EgressRule],
+               secret: str | None = None) -> Delivery:
     """`rules`: the policy's egress; `secret`: the Secret the URL came from ("Secret x key y")."""
     return _post("Slack", url, {"text": text}, {}, timeout=timeout, verify=True, quote_error=True,
                  rules=rules, secret=secret)
 
 
 def send_webhook(url: str, payload: dict, key: str, *, timeout: float = 5.0,
-                 verify: bool = True, rules=None, secret: str | None = None) -> Delivery:
+                 verify: bool = True, rules: Sequence[EgressRule], secret: str | None = None) -> Delivery:
     return _post("The webhook", url, payload, {"Idempotency-Key": key}, timeout=timeout, verify=verify,
                  rules=rules, secret=secret)
 
 
 def _post(who: str, url: str, payload: dict, headers: dict[str, str], *, timeout: float,
-          verify: bool, quote_error: bool = False, rules=None, secret: str | None = None) -> Delivery:
+          verify: bool, quote_error: bool = False, rules: Sequence[EgressRule],
+          secret: str | None = None) -> Delivery:
     deadline = time.monotonic() + timeout
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers}
     try:
@@ -110,7 +114,8 @@ def _post(who: str, url: str, payload: dict, headers: dict[str, str], *, timeout
 
 def send_email(server: SmtpServer, *, sender: str, to: list[str], subject: str, body: str,
                message_id: str, username: str | None = None, password: str | None = None,
-               ca_pem: str | None = None, timeout: float = 10.0, rules=None) -> Delivery:
+               ca_pem: str | None = None, timeout: float = 10.0,
+               rules: Sequence[EgressRule]) -> Delivery:
     """Send one e-mail. `message_id` is its Message-ID header (bracketed if it is not), the same on
     every attempt. With `ca_pem`, only that CA is trusted; without, the system's roots. The server
     is reached only where `rules` (the policy's egress) allow, at the address that was checked;

@@ -28,6 +28,7 @@ PostgreSQL's text form.
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 import psycopg
 
@@ -35,6 +36,7 @@ from rewind import egress
 from rewind.adapters.db import DatabaseError, Target, first_line, parse_url
 from rewind.adapters.measurement import Measurement
 from rewind.api.errors import ReasonedError
+from rewind.api.policy import EgressRule
 from rewind.api.v1alpha1 import SqlCheck
 
 # The check's query, judged in the database. `v` is each row's first column as JSON (NULL when
@@ -55,7 +57,7 @@ FROM (SELECT v, json_typeof(v) AS t FROM (
 ) AS q LIMIT {limit}) AS r) AS f) AS s"""
 
 
-def measure(url: str, check: SqlCheck, rules=None) -> Measurement:
+def measure(url: str, check: SqlCheck, rules: Sequence[EgressRule]) -> Measurement:
     """`rules`: the policy's egress (the database host must be allowed)."""
     try:
         target = parse_url(url)
@@ -84,7 +86,7 @@ def measure(url: str, check: SqlCheck, rules=None) -> Measurement:
     return judge(Answer(*answer), took, check)
 
 
-def _connect(target: Target, timeout: int, rules) -> psycopg.Connection:
+def _connect(target: Target, timeout: int, rules: Sequence[EgressRule]) -> psycopg.Connection:
     """A connection to a checked address of each TCP host (hostaddr; host stays for TLS)."""
     hosts, ports = target.host.split(","), target.port.split(",")
     if any(h.startswith("/") or h.startswith("@") or not h for h in hosts):

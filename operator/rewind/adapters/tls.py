@@ -8,6 +8,7 @@ import datetime
 import ssl
 import warnings
 from dataclasses import dataclass
+from typing import Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -17,6 +18,7 @@ from cryptography.x509.oid import ExtensionOID
 
 from rewind import egress
 from rewind.api.errors import ReasonedError
+from rewind.api.policy import EgressRule
 
 
 class CertificateError(ReasonedError):
@@ -139,7 +141,8 @@ def check_pair(crt: bytes, key: bytes, *, hosts: list[str], min_valid: datetime.
     return Checked(fingerprint(leaf), leaf.not_valid_after_utc, names)
 
 
-def served(host: str, port: int, server_name: str, timeout: float = 5.0, rules=None) -> x509.Certificate:
+def served(host: str, port: int, server_name: str, *, rules: Sequence[EgressRule],
+           timeout: float = 5.0) -> x509.Certificate:
     """The leaf certificate an endpoint serves (no trust decision here: it is compared after),
     connecting only where `rules` (the policy's egress) allow, to the address that was checked.
     Raises EgressDenied/HostNotFound, or OSError: say why with egress.failure, never its text."""

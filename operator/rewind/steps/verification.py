@@ -80,7 +80,7 @@ def _check(spec: RollbackSpec, step: PlanStep):
     return next(c for c in getattr(spec.verification, CHECKS[step.kind]) if c.name == step.spec_key)
 
 
-def measure_tls(check: TlsCheck, now: datetime.datetime, rules=None) -> Measurement:
+def measure_tls(check: TlsCheck, now: datetime.datetime, rules) -> Measurement:
     where = f"{check.host}:{check.port}"
     try:
         cert = tls.served(check.host, check.port, check.server_name, timeout=check.timeout_seconds,

@@ -121,9 +121,9 @@ def _literal(host: str) -> Address | None:
         return None
 
 
-def resolve(host: str, port: int, rules: Sequence[EgressRule] | None, *, secret: str | None = None) -> list[Address]:
+def resolve(host: str, port: int, rules: Sequence[EgressRule], *, secret: str | None = None) -> list[Address]:
     """Every address `host` resolves to, each allowed by `rules` (else EgressDenied, before any
-    connection); `rules` None checks nothing (only an adapter's own tests call it so). `secret`
+    connection). `secret`
     ("Secret booking/ops-slack key url") says the host came from a Secret: messages then name the
     Secret, never the host or its addresses."""
     ip = _literal(host)
@@ -137,8 +137,6 @@ def resolve(host: str, port: int, rules: Sequence[EgressRule] | None, *, secret:
             raise HostNotFound(f"the host of the URL in {secret} does not resolve" if secret
                                else f"{host} does not resolve") from None
         found = list(dict.fromkeys(address(info[4][0]) for info in infos))
-    if rules is None:
-        return found
     denied = [a for a in found if not check_address(a, port, rules, name)]
     if denied:
         raise EgressDenied(_denied_message(host, name, port, denied[0], secret))
@@ -163,7 +161,7 @@ def _denied_message(host: str, name: str | None, port: int, ip: Address, secret:
             "ClusterRollbackPolicy) default, which the platform team sets")
 
 
-def connect(host: str, port: int, rules: Sequence[EgressRule] | None, timeout: float | None, *,
+def connect(host: str, port: int, rules: Sequence[EgressRule], timeout: float | None, *,
             secret: str | None = None) -> socket.socket:
     """A TCP connection to the first checked address of `host` that answers."""
     error: OSError | None = None
@@ -179,7 +177,7 @@ class _PinnedBackend(httpcore.NetworkBackend):
     """httpcore's network, resolving and checking every host itself and connecting to the address
     it checked (TLS keeps the URL's host name for SNI and verification)."""
 
-    def __init__(self, rules: Sequence[EgressRule] | None, secret: str | None):
+    def __init__(self, rules: Sequence[EgressRule], secret: str | None):
         self._rules, self._secret, self._backend = rules, secret, httpcore.SyncBackend()
 
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
@@ -204,7 +202,7 @@ class _PinnedTransport(httpx.HTTPTransport):
         self._pool._network_backend = backend   # httpx passes no backend through; this is its pool's
 
 
-def http_client(rules: Sequence[EgressRule] | None, *, verify=True, secret: str | None = None,
+def http_client(rules: Sequence[EgressRule], *, verify=True, secret: str | None = None,
                 **kwargs) -> httpx.Client:
     """An httpx client whose every connection is checked and pinned (see `resolve`). Proxies from
     the environment are not used: a proxy would make the policy check the proxy, not the target."""
@@ -212,7 +210,7 @@ def http_client(rules: Sequence[EgressRule] | None, *, verify=True, secret: str 
     return httpx.Client(transport=transport, trust_env=False, **kwargs)
 
 
-def check_url(url: str, rules: Sequence[EgressRule] | None, *, secret: str | None = None) -> list[Address]:
+def check_url(url: str, rules: Sequence[EgressRule], *, secret: str | None = None) -> list[Address]:
     """A URL's host and port (default 80/443) resolved and checked; EgressDenied or HostNotFound."""
     u = httpx.URL(url.strip())
     port = u.port or (443 if u.scheme == "https" else 80)

@@ -20,8 +20,7 @@ import logging
 import re
 
 from rewind import authz, metrics
-from rewind.adapters.kube import Kube, KubeError, Resource, owner_reference
-from rewind.api import conditions as C
+from rewind.adapters.kube import KubeError, Resource, owner_reference
 from rewind.api import policy as P
 from rewind.api.errors import ReasonedError
 from rewind.api.v1alpha1 import (

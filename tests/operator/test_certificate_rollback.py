@@ -14,6 +14,10 @@ from rewind_testbed.certs import issue, pki
 from tlsservers import ReloadingTlsServer
 from helpers import condition, kubectl_apply, wait_for, wait_phase
 from rewind.adapters import tls
+from rewind.api.policy import EgressRule
+from rewind_testbed.install import LOOPBACK_EGRESS
+
+LOOPBACK = [EgressRule.model_validate(rule) for rule in LOOPBACK_EGRESS]
 
 pytestmark = pytest.mark.cluster
 HOST = "www.instylehairboutique.co.za"
@@ -50,14 +54,14 @@ def test_certificate_rollback_is_served_and_verified(cluster, api_client, namesp
     server = ReloadingTlsServer(core, namespace, "booking-tls", tmp_path)
     try:
         wait_for("the bad certificate served", lambda: tls.fingerprint(
-            tls.served("127.0.0.1", server.port, HOST)) == tls.fingerprint(bad.cert))
+            tls.served("127.0.0.1", server.port, HOST, rules=LOOPBACK)) == tls.fingerprint(bad.cert))
         kubectl_apply(cluster, namespace, cert_rollback("cert", [{
             "secretName": "booking-tls", "toRevision": "previous", "hosts": [HOST],
             "verify": {"host": "127.0.0.1", "port": server.port, "serverName": HOST, "timeoutSeconds": 30}}]))
         rb = wait_phase(api_client, namespace, "cert", {"Succeeded", "Failed", "Interrupted"}, timeout=90)
         assert rb["status"]["phase"] == "Succeeded", str(rb["status"])
         assert core.read_namespaced_secret("booking-tls", namespace).data == before   # byte for byte
-        assert tls.fingerprint(tls.served("127.0.0.1", server.port, HOST)) == tls.fingerprint(good.cert)
+        assert tls.fingerprint(tls.served("127.0.0.1", server.port, HOST, rules=LOOPBACK)) == tls.fingerprint(good.cert)
         check = next(v for v in rb["status"]["verification"] if v["kind"] == "TLS")
         assert check["outcome"] == "Passed"
         assert tls.fingerprint(good.cert)[:16] in check["detail"]

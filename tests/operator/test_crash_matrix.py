@@ -48,6 +48,10 @@ from helpers import (
 from rewind.adapters import tls
 from rewind_testbed.certs import issue, pki
 from rewind_testbed.receivers import WebhookReceiver
+from rewind.api.policy import EgressRule
+from rewind_testbed.install import LOOPBACK_EGRESS
+
+LOOPBACK = [EgressRule.model_validate(rule) for rule in LOOPBACK_EGRESS]
 
 pytestmark = pytest.mark.cluster
 
@@ -399,7 +403,7 @@ def test_secrets(point, cluster, api_client, namespace, idle_operator, tmp_path)
         assert verbs(audit_writes(cluster, ns, "deployments", "api")) in (["patch"], None)
         assert rolled_out(apps, ns, "api")
         # The server serves the restored certificate, and the step saw it.
-        assert tls.fingerprint(tls.served("127.0.0.1", server.port, HOST)) == tls.fingerprint(good.cert)
+        assert tls.fingerprint(tls.served("127.0.0.1", server.port, HOST, rules=LOOPBACK)) == tls.fingerprint(good.cert)
         served = next(v for v in rb["status"]["verification"] if v["kind"] == "TLS")
         assert served["outcome"] == "Passed" and tls.fingerprint(good.cert)[:16] in served["detail"]
     finally:

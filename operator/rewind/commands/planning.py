@@ -102,14 +102,13 @@ def run_plan(args) -> int:
     # The policy the operator would apply, as the caller can read it (no policy readable: the
     # seed's matrix, as the operator too would apply when none exists).
     from rewind import authz
-    from rewind.api.errors import ReasonedError
 
     try:
-        policy_name, policy = authz.load_policy(s.kube, namespace)
+        _, policy = authz.load_policy(s.kube, namespace)
     except ReasonedError as e:
         print(f"warning: {e.message} Planning under the seed's decision matrix instead.", file=sys.stderr)
         from rewind.api.policy import SEED_POLICY
-        policy_name, policy = "the seed's decision matrix", SEED_POLICY
+        policy = SEED_POLICY
     request = Request(namespace, name, "plan", spec, policy, authz.job_images(policy))
     outcomes, found = [], []
     for preflight in registry.PREFLIGHTS:

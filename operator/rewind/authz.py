@@ -228,9 +228,14 @@ def check_rights(kube: Kube, who: Requester, namespace: str, perms: list[Permiss
                             "changed.")
 
 
+def job_image(database) -> str:
+    """The image of a database Job: the spec's, else the operator's --job-image."""
+    return database.image or SETTINGS.job_image
+
+
 def check_images(spec: RollbackSpec, images: tuple[str, ...]) -> None:
-    if spec.database is not None and not P.image_allowed(spec.database.image, list(images)):
-        raise ReasonedError(IMAGE_NOT_ALLOWED, f"spec.database.image {spec.database.image} is not one of "
+    if spec.database is not None and not P.image_allowed(job_image(spec.database), list(images)):
+        raise ReasonedError(IMAGE_NOT_ALLOWED, f"spec.database.image {job_image(spec.database)} is not one of "
                             f"the images the policy allows database Jobs to run ({', '.join(images)}); "
                             "nothing was changed.")
 

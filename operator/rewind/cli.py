@@ -58,6 +58,8 @@ def _run(args) -> int:
     # are secrets, so neither may log below WARNING, even with --verbose.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    from rewind import authz
+    authz.SETTINGS.job_image = args.job_image
     import rewind.handlers  # noqa: F401 - registers the handlers
 
     if args.metrics_address:
@@ -184,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "after the leader stops (default 10)")
     run.add_argument("--metrics-address", metavar="HOST:PORT",
                      help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. :8081")
+    run.add_argument("--job-image", default="postgres:16", metavar="IMAGE",
+                     help="the PostgreSQL client image of database Jobs when a Rollback names none, and "
+                          "the only one allowed when the policy lists no jobImages (default postgres:16)")
     run.add_argument("--log-format", choices=("text", "json"), default="text",
                      help="log lines as text (default) or one JSON object per line")
     run.add_argument("--verbose", "-v", action="store_true")

@@ -326,7 +326,7 @@ def test_default_values_render_an_operator_confined_to_its_namespace(helm):
     assert c["image"] == "rewind:0.1.0"
     # No namespaces listed, not clusterWide: the release's namespace only.
     assert c["args"] == ["run", "--liveness=http://0.0.0.0:8080/healthz", "--metrics-address=:8081",
-                         "--log-format=text", "--namespace=rewind-system"]
+                         "--log-format=text", "--job-image=postgres:16", "--namespace=rewind-system"]
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, c[probe]
     assert {"name": "health", "containerPort": 8080} in c["ports"]
@@ -390,7 +390,7 @@ def test_a_values_file_that_sets_every_value(helm, tmp_path):
     assert c["image"] == f"registry.example.com/sre/rewind@{DIGEST}"       # the digest wins over the tag
     assert c["imagePullPolicy"] == "Always"
     assert c["args"] == ["run", "--liveness=http://0.0.0.0:9440/healthz", "--metrics-address=:9441",
-                         "--log-format=json", "--namespace=booking", "--namespace=payments",
+                         "--log-format=json", "--job-image=postgres:16", "--namespace=booking", "--namespace=payments",
                          "--peering=rewind-peers", "--peering-lifetime=7", "--verbose"]
     assert c["env"] == values["env"]
     assert c["ports"] == [{"name": "health", "containerPort": 9440}, {"name": "metrics", "containerPort": 9441}]

@@ -76,3 +76,13 @@ def test_the_seed_matrix_and_break_glass():
     assert e.value.reason == "BreakGlassNotAllowed"
     assert authz.target_time(P.RollbackPolicySpec(severities=[{"severity": "High", "deadlineMinutes": 7}]),
                              "High").total_seconds() == 420
+
+
+def test_a_database_without_an_image_runs_the_operators_job_image():
+    spec = _spec(database={"connection": {"secretRef": {"name": "db", "key": "url"}},
+                           "restoreFrom": {"persistentVolumeClaim": {"claimName": "b", "path": "x"}}})
+    assert spec.database.image is None
+    assert authz.job_image(spec.database) == authz.SETTINGS.job_image
+    authz.check_images(spec, authz.job_images(None))            # the default allows its own image
+    with pytest.raises(ReasonedError):
+        authz.check_images(spec, ("registry.example/pg@sha256:",))

@@ -161,8 +161,10 @@ class DatabaseSpec(_Model):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
         description="Actions on the restored database, in order, before it is swapped in "
                     "(e.g. the seed's OAuth token clean-up).")
-    image: str = Field("postgres:16", min_length=1, max_length=512,
-                       description="PostgreSQL client image for the backup and restore Jobs.")
+    image: str | None = Field(None, min_length=1, max_length=512,
+                              description="PostgreSQL client image for the backup and restore Jobs "
+                                          "(one the policy's jobImages allows). Default: the operator's "
+                                          "--job-image.")
     terminate_connections: bool = Field(
         True, description="End the live database's sessions before the swap (else fail if any remain).")
     job_deadline_seconds: int = Field(1800, ge=60, le=86400,

@@ -3,6 +3,7 @@ rollback itself can be undone. On by default; waiving it takes a reason in the s
 
 from __future__ import annotations
 
+from rewind import authz
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import PlanStep, StepRecord
 from rewind.context import Context, StepFailed, Wait
@@ -17,7 +18,7 @@ def advance_backup(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None
     ref = f"{claim}:{path}"
     ctx.begin(step, rec, f"Dumping the live database {step.target.name} to {ref} before anything changes.", C.DATABASE_RESTORED)
     outcome = job.run(ctx, step, rec, lambda: jobs.build_job(
-        name=step.job_name, rollback=ctx.obj, step="backup", image=spec.image, script=job.BACKUP_SCRIPT,
+        name=step.job_name, rollback=ctx.obj, step="backup", image=authz.job_image(spec), script=job.BACKUP_SCRIPT,
         env=job.env(spec, path, ref), claim_name=claim,
         deadline_seconds=spec.job_deadline_seconds, read_only_backups=False), f"pg_dump to {ref}")
     if isinstance(outcome, Wait):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 
+from rewind import authz
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import PlanStep, StepRecord
 from rewind.context import Context, StepFailed, Wait
@@ -24,7 +25,7 @@ def advance_check(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     ref = f"{src.claim_name}:{src.path}"
     ctx.begin(step, rec, f"Checking the backup {ref}.", C.DATABASE_RESTORED)
     outcome = job.run(ctx, step, rec, lambda: jobs.build_job(
-        name=step.job_name, rollback=ctx.obj, step="check", image=spec.image, script=job.CHECK_SCRIPT,
+        name=step.job_name, rollback=ctx.obj, step="check", image=authz.job_image(spec), script=job.CHECK_SCRIPT,
         env=job.env(spec, src.path, ref), claim_name=src.claim_name,
         deadline_seconds=spec.job_deadline_seconds, read_only_backups=True), f"checking {ref}")
     if isinstance(outcome, Wait):

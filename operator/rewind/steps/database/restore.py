@@ -10,6 +10,7 @@ result unknowable: the step stops as Interrupted for a person, it does not resto
 
 from __future__ import annotations
 
+from rewind import authz
 from rewind import crashpoints
 from rewind.adapters import db
 from rewind.api import conditions as C
@@ -53,7 +54,7 @@ def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | Non
                 db.create_database(conn, staging, staging_comment(ctx.uid))
             state.status(ctx).staging_database = staging
             jobs.ensure_job(ctx.kube, jobs.build_job(
-                name=step.job_name, rollback=ctx.obj, step="restore", image=spec.image,
+                name=step.job_name, rollback=ctx.obj, step="restore", image=authz.job_image(spec),
                 script=job.RESTORE_SCRIPT, env=job.env(spec, src.path, ref, TARGET_DB=staging),
                 claim_name=src.claim_name, deadline_seconds=spec.job_deadline_seconds,
                 read_only_backups=True))

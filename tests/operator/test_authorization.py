@@ -240,7 +240,7 @@ def test_a_critical_rollback_waits_for_both_roles(cluster, api_client, apps, nam
     # it before creating anything), do not count.
     assert people.rewind("alice", "approve", "critical", "--role", "devops-lead").returncode == 0
     refused = people.rewind("mallory", "approve", "critical", "--role", "security")
-    assert refused.returncode == 1 and "you may not approve for role security" in refused.stderr
+    assert refused.returncode == 1 and "you may not approve for role security" in refused.stderr, refused
     people.apply("mallory", {"apiVersion": "rewind.dev/v1alpha1", "kind": "RollbackApproval",
                              "metadata": {"name": "mallory-says-yes"},
                              "spec": {"rollback": "critical", "role": "security",
@@ -254,14 +254,14 @@ def test_a_critical_rollback_waits_for_both_roles(cluster, api_client, apps, nam
     rb = wait_for("two approvals judged", lambda: judged(get_rollback(api_client, namespace, "critical"), 2),
                   timeout=60)
     reasons = {a["approver"]: a.get("reason") for a in rb["status"]["approvals"]}
-    assert reasons == {"alice": "SelfApproval", "mallory": "NotInRole"}
-    assert rb["status"]["phase"] == "AwaitingApproval"
+    assert reasons == {"alice": "SelfApproval", "mallory": "NotInRole"}, rb["status"]
+    assert rb["status"]["phase"] == "AwaitingApproval", rb["status"]
 
     assert people.rewind("bob", "approve", "critical", "--role", "devops-lead").returncode == 0
     rb = wait_for("bob's approval counted", lambda: judged(get_rollback(api_client, namespace, "critical"), 3),
                   timeout=60)
-    assert rb["status"]["phase"] == "AwaitingApproval"
-    assert "security (0 of 1)" in condition(rb, "Approved")["message"]
+    assert rb["status"]["phase"] == "AwaitingApproval", rb["status"]
+    assert "security (0 of 1)" in condition(rb, "Approved")["message"], rb["status"]
     assert _unchanged(before, deployment_dict(apps, namespace, "web"))
     assert _deployment_writes(cluster, namespace) == []
 
@@ -270,14 +270,14 @@ def test_a_critical_rollback_waits_for_both_roles(cluster, api_client, apps, nam
     rb = wait_phase(api_client, namespace, "critical", {"Succeeded", "Failed"}, timeout=90)
     assert rb["status"]["phase"] == "Succeeded", condition(rb, "Ready")
     assert condition(rb, "Approved")["status"] == "True"
-    assert "devops-lead: bob" in condition(rb, "Approved")["message"]
-    assert "security: sam" in condition(rb, "Approved")["message"]
+    assert "devops-lead: bob" in condition(rb, "Approved")["message"], rb["status"]
+    assert "security: sam" in condition(rb, "Approved")["message"], rb["status"]
     assert deployment_dict(apps, namespace, "web")["spec"]["template"] == template_of(rs[2])
     report = client.CoreV1Api(api_client).read_namespaced_config_map(
         rb["status"]["report"]["configMapRef"], namespace).data["report.md"]
     assert "**Requested by:** alice" in report
-    assert "bob, devops-lead: Approve" in report and "sam, security: Approve" in report
-    assert "alice, devops-lead: Approve" in report and "not counted: SelfApproval" in report
+    assert "bob, devops-lead: Approve" in report and "sam, security: Approve" in report, report
+    assert "alice, devops-lead: Approve" in report and "not counted: SelfApproval" in report, report
 
 
 def test_a_denial_by_a_role_holder_ends_it(cluster, api_client, apps, namespace, operator, people):

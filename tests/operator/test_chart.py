@@ -248,6 +248,7 @@ def every_value(watch: list[str], release: str = "rewind", dashboard_namespace: 
         "replicas": 2,
         "leaderElection": {"enabled": True, "peeringName": "rewind-peers", "lifetimeSeconds": 7},
         "logFormat": "json",
+        "jobImage": "registry.example.com/db/postgres@sha256:" + "b" * 64,
         "verbose": True,
         "env": [{"name": "HTTPS_PROXY", "value": "http://proxy.example:3128"}],
         "serviceAccount": {"create": True, "name": "rewind-sa", "annotations": {"example.com/owner": "sre"}},
@@ -390,7 +391,8 @@ def test_a_values_file_that_sets_every_value(helm, tmp_path):
     assert c["image"] == f"registry.example.com/sre/rewind@{DIGEST}"       # the digest wins over the tag
     assert c["imagePullPolicy"] == "Always"
     assert c["args"] == ["run", "--liveness=http://0.0.0.0:9440/healthz", "--metrics-address=:9441",
-                         "--log-format=json", "--job-image=postgres:16", "--namespace=booking", "--namespace=payments",
+                         "--log-format=json", f"--job-image={values['jobImage']}", "--namespace=booking",
+                         "--namespace=payments",
                          "--peering=rewind-peers", "--peering-lifetime=7", "--verbose"]
     assert c["env"] == values["env"]
     assert c["ports"] == [{"name": "health", "containerPort": 9440}, {"name": "metrics", "containerPort": 9441}]

@@ -152,6 +152,10 @@ class DatabaseSpec(_Model):
     restore_from: BackupSource
     pre_rollback_backup: bool = Field(True, description="Dump the live database first (default).")
     waive_backup_reason: str | None = Field(None, min_length=1, max_length=512)
+    accept_mismatch_reason: str | None = Field(
+        None, min_length=1, max_length=512,
+        description="Why a backup whose tables differ from the live database's may be restored "
+                    "anyway (e.g. a migration added a table since); without it the check refuses it.")
     backup_to: PvcPath | None = Field(
         None, description="Where the pre-rollback dump goes; default: the restoreFrom claim, "
                           "under rewind/<namespace>/<rollback>-<uid8>/pre-rollback.dump.")

@@ -16,7 +16,7 @@ def test_a_good_chain_passes_and_reports_the_leaf():
     root, inter = pki()
     leaf = issue(HOST, inter, hosts=[HOST, "instylehairboutique.co.za"])
     out = tls.check_pair(leaf.cert_pem + inter.cert_pem, leaf.key_pem, hosts=[HOST], min_valid=WEEK,
-                         ca=root.cert_pem)
+                         trust=tls.Trust.of_pem(root.cert_pem, "the test CA"))
     assert out.fingerprint == tls.fingerprint(leaf.cert)
     assert HOST in out.names
 
@@ -31,8 +31,9 @@ def test_wildcards_cover_one_label_only():
     ("not-pem", "CertificateInvalid", "not PEM-encoded"),
     ("bad-key", "CertificateInvalid", "tls.key is not"),
     ("key-mismatch", "KeyMismatch", "does not belong"),
-    ("missing-intermediate", "ChainIncomplete", "neither in tls.crt, nor in ca.crt"),
-    ("wrong-order", "ChainIncomplete", "is not signed by the next certificate"),
+    ("missing-intermediate", "CertificateUntrusted", "does not lead to the test CA"),
+    ("wrong-intermediate", "CertificateUntrusted", "does not lead to the test CA"),
+    ("intermediate-first", "ChainOrder", "lists CN=Test Intermediate before the leaf; put the leaf first"),
     ("expired", "CertificateExpired", "expired on"),
     ("not-yet", "CertificateNotYetValid", "valid only from"),
     ("expires-soon", "CertificateExpiresSoon", "within the required 7 day(s)"),
@@ -41,7 +42,7 @@ def test_wildcards_cover_one_label_only():
 def test_unfit_certificates_are_refused(case, reason, fragment):
     root, inter = pki()
     leaf = issue(HOST, inter, hosts=[HOST])
-    crt, key, ca = leaf.cert_pem + inter.cert_pem, leaf.key_pem, root.cert_pem
+    crt, key, ca = leaf.cert_pem + inter.cert_pem, leaf.key_pem, tls.Trust.of_pem(root.cert_pem, "the test CA")
     if case == "not-pem":
         crt = b"definitely not a certificate"
     elif case == "bad-key":
@@ -50,9 +51,11 @@ def test_unfit_certificates_are_refused(case, reason, fragment):
         key = issue(HOST, inter, hosts=[HOST]).key_pem
     elif case == "missing-intermediate":
         crt = leaf.cert_pem
-    elif case == "wrong-order":
+    elif case == "wrong-intermediate":
         other = issue("Other Intermediate", root, ca=True)
         crt = leaf.cert_pem + other.cert_pem
+    elif case == "intermediate-first":
+        crt = inter.cert_pem + leaf.cert_pem
     elif case == "expired":
         old = issue(HOST, inter, hosts=[HOST], not_before=NOW - datetime.timedelta(days=100), days=90)
         crt, key = old.cert_pem + inter.cert_pem, old.key_pem
@@ -66,7 +69,7 @@ def test_unfit_certificates_are_refused(case, reason, fragment):
         elsewhere = issue("example.org", inter, hosts=["example.org"])
         crt, key = elsewhere.cert_pem + inter.cert_pem, elsewhere.key_pem
     with pytest.raises(tls.CertificateError) as err:
-        tls.check_pair(crt, key, hosts=[HOST], min_valid=WEEK, ca=ca)
+        tls.check_pair(crt, key, hosts=[HOST], min_valid=WEEK, trust=ca)
     assert err.value.reason == reason
     assert fragment in err.value.message, err.value.message
     assert b"PRIVATE" not in err.value.message.encode()

@@ -223,15 +223,40 @@ class TlsEndpoint(_Model):
                                  description="How long the endpoint may take to serve the restored certificate.")
 
 
+class CertificateTrust(_Model):
+    """Whom the restored certificate must be trusted by, as a verifying client would trust it.
+    Without it: the system's trusted roots (the operator's CA bundle). A root or self-signed
+    certificate placed in tls.crt never makes itself trusted."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("!(has(self.caFromSecret) && self.caFromSecret && has(self.pinnedFingerprintSha256))",
+             "trust either the CA in ca.crt (caFromSecret) or one pinned certificate, not both"),
+    ]})
+
+    ca_from_secret: bool = Field(
+        False, description="Trust the CA certificates in ca.crt of the Secret restored from (a "
+                           "private CA) instead of the system's roots. Only when that ca.crt is known "
+                           "good: a ca.crt the spec does not trust is ignored.")
+    pinned_fingerprint_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$",
+        description="Trust exactly this certificate, whoever signed it (a self-signed or private-CA "
+                    "certificate): SHA-256 of the leaf's DER, lower-case hex. The restored leaf, and "
+                    "the one the endpoint serves, must be this one.")
+
+
 class CertificateTarget(_SecretSource):
     """A kubernetes.io/tls Secret to put back to an earlier certificate, validated first."""
 
     secret_name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     hosts: list[Annotated[str, Field(max_length=253, pattern=HOSTNAME)]] = Field(
-        min_length=1, max_length=32, description="Names the certificate must cover.")
+        min_length=1, max_length=32, description="Names the certificate must cover: DNS names, or IPv4 "
+                                                  "addresses, which only an IP SAN matches.")
     min_valid_days: int = Field(7, ge=0, le=365,
                                 description="The certificate must stay valid at least this long.")
     verify: TlsEndpoint | None = None
+    trust: CertificateTrust | None = Field(
+        None, description="Which CA, or which pinned certificate, clients trust; default: the "
+                          "system's trusted roots.")
 
 
 class HttpMethod(str, Enum):

@@ -156,6 +156,12 @@ class DatabaseSpec(_Model):
         None, min_length=1, max_length=512,
         description="Why a backup whose tables differ from the live database's may be restored "
                     "anyway (e.g. a migration added a table since); without it the check refuses it.")
+    accept_source_differences_reason: str | None = Field(
+        None, min_length=1, max_length=512,
+        description="Why a backup of a database created with another encoding, locale provider, "
+                    "collation or ctype than the live one may be restored anyway; the restored "
+                    "database is always created like the live one. Without it the restore refuses "
+                    "it (SourceDiffers) before restoring anything.")
     backup_to: PvcPath | None = Field(
         None, description="Where the pre-rollback dump goes; default: the restoreFrom claim, "
                           "under rewind/<namespace>/<rollback>-<uid8>/pre-rollback.dump.")

@@ -1,6 +1,7 @@
 """The database's part of the plan, and the preflight that must pass before any of it runs: a
-rollback that cannot finish (no Secret, a server that refuses us, a role that may not rename,
-a staging name someone else took) is refused while nothing has changed yet."""
+rollback that cannot finish (no Secret, a server that refuses us, a role that may not rename or
+may not restore the owners, settings and grants, a staging name someone else took) is refused
+while nothing has changed yet."""
 
 from __future__ import annotations
 
@@ -31,7 +32,14 @@ def resolve(kube: Kube, ns: str, uid: str, spec: DatabaseSpec, rules) -> list[Pl
         egress.resolve(target.host, int(target.port or 5432), rules, secret=f"Secret {ns}/{ref.name} key {ref.key}")
     live = target.dbname
     with db.connect(target) as conn:
-        conn.execute("SELECT 1")
+        # The restored database is the live one's twin: created like it, objects owned as in
+        # the backup, settings and grants given back. A role that cannot do all of it would leave
+        # the application locked out of its own tables after the swap.
+        needs = db.missing_powers(conn)
+    if needs:
+        raise StepFailed(C.FORBIDDEN, f"role {target.user!r} cannot restore {live!r} as it is (its "
+                         f"owners, settings and grants): it needs {'; '.join(needs)}. Connect as a "
+                         "superuser, or as the owner of the database and of everything in it")
     with db.connect(target, MAINTENANCE_DB) as conn:
         db.check_ledger(conn)   # reads only: the restore step creates it
         if not db.can_swap(conn, live):

@@ -21,8 +21,8 @@ from rewind.steps.database import connection, job, state
 from rewind.steps.database.connection import MAINTENANCE_DB
 from rewind.steps.database.names import staging_comment, staging_name
 
-# The restore script's exit code for a failed pg_restore (scripts/restore.sh).
-EXIT_RESTORE_FAILED = 30
+# The restore script's exit codes (scripts/restore.sh); any other is RestoreFailed.
+EXIT_REASONS = {30: "BackupCorrupt", 31: "RestoreFailed", 32: "SourceDiffers", 33: "BackupCorrupt"}
 
 
 def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
@@ -50,12 +50,16 @@ def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | Non
             if exists and comment != staging_comment(ctx.uid):
                 raise StepFailed("StagingNameTaken", f"the staging database name {staging!r} is "
                                                      "taken by a database Rewind did not create")
+            like = db.database_properties(conn, live)
+            if like is None:
+                raise StepFailed("DatabaseNotFound", f"the live database {live!r} is gone; nothing was restored")
             if not exists:
-                db.create_database(conn, staging, staging_comment(ctx.uid))
+                db.create_database(conn, staging, staging_comment(ctx.uid), like=like)
             state.status(ctx).staging_database = staging
             jobs.ensure_job(ctx.kube, jobs.build_job(
                 name=step.job_name, rollback=ctx.obj, step="restore", image=authz.job_image(spec),
-                script=job.RESTORE_SCRIPT, env=job.env(spec, src.path, ref, TARGET_DB=staging),
+                script=job.RESTORE_SCRIPT, env=job.env(spec, src.path, ref, TARGET_DB=staging,
+                                                       **source_expectation(like, spec)),
                 claim_name=src.claim_name, deadline_seconds=spec.job_deadline_seconds,
                 read_only_backups=True))
             crashpoints.reach(f"{step.kind}:after-job-created")
@@ -76,12 +80,24 @@ def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | Non
                                             "unchanged; inspect staging, then create a new Rollback")
         if outcome.state == "failed":
             db.ledger_advance(conn, ctx.uid, "restore", "job-created", "failed")
-            raise StepFailed("BackupCorrupt" if outcome.exit_code == EXIT_RESTORE_FAILED else "RestoreFailed",
+            raise StepFailed(EXIT_REASONS.get(outcome.exit_code, "RestoreFailed"),
                              f"{outcome.message or 'the restore Job failed'}; "
                              f"the live database {live} is unchanged and the "
                              f"staging database {staging} is kept for inspection")
         db.ledger_advance(conn, ctx.uid, "restore", "job-created", "restored", staging)
     return _restored(ctx, step, rec, staging, ref)
+
+
+def source_expectation(live: db.DatabaseProperties, spec) -> dict[str, str]:
+    """What the restore Job compares with the archive's own record of its source database: a
+    backup of a database created otherwise (another encoding or collation) restores into one
+    created like the live one, where text may sort, compare or convert differently; it is refused
+    (SourceDiffers) unless the spec says why it may be restored anyway."""
+    expect = {"SOURCE_EXPECT": f"encoding={live.encoding} provider={live.provider} collate={live.collate} "
+                                f"ctype={live.ctype} locale={live.locale or ''}"}
+    if spec.accept_source_differences_reason:
+        expect["ACCEPT_SOURCE_DIFFERENCES"] = "true"
+    return expect
 
 
 def _restored(ctx: Context, step: PlanStep, rec: StepRecord, staging: str, ref: str) -> None:

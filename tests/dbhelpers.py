@@ -81,3 +81,43 @@ def ledger(postgres, uid: str, step: str) -> str | None:
 def allows_connections(postgres, dbname: str) -> bool:
     with postgres.connect("postgres") as conn:
         return conn.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", (dbname,)).fetchone()[0]
+
+
+def fingerprint(postgres, dbname: str) -> dict:
+    """What a person would compare between a database and its restored twin, by name (no OIDs):
+    how the database was created, its owner, limit, grants, comment and settings; the owner and
+    grants of every schema, relation, function and large object; extensions; sequences' values;
+    large objects' contents; and the order text sorts in (its collation at work)."""
+    with postgres.connect("postgres") as conn:
+        db = conn.execute("""
+            SELECT pg_encoding_to_char(encoding), datlocprovider, datcollate, datctype,
+                   coalesce(to_jsonb(d) ->> 'datlocale', to_jsonb(d) ->> 'daticulocale'),
+                   pg_get_userbyid(datdba), datconnlimit, datallowconn,
+                   (SELECT array_agg(a ORDER BY a) FROM unnest(coalesce(datacl, acldefault('d', datdba))::text[]) a),
+                   shobj_description(oid, 'pg_database'),
+                   (SELECT spcname FROM pg_tablespace WHERE oid = dattablespace)
+            FROM pg_database d WHERE datname = %s""", (dbname,)).fetchone()
+        settings = conn.execute("""
+            SELECT coalesce(r.rolname, ''), s.setconfig FROM pg_db_role_setting s
+            JOIN pg_database d ON d.oid = s.setdatabase LEFT JOIN pg_roles r ON r.oid = s.setrole
+            WHERE d.datname = %s ORDER BY 1""", (dbname,)).fetchall()
+    with postgres.connect(dbname) as conn:
+        q = lambda text: conn.execute(text).fetchall()   # noqa: E731
+        objects = {
+            "schemas": q("""SELECT nspname, pg_get_userbyid(nspowner), nspacl::text FROM pg_namespace
+                            WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' ORDER BY 1"""),
+            "relations": q("""SELECT n.nspname, c.relname, c.relkind, pg_get_userbyid(c.relowner), c.relacl::text
+                              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                              WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+                                AND n.nspname NOT LIKE 'pg\\_toast%' ORDER BY 1, 2"""),
+            "functions": q("""SELECT p.proname, pg_get_userbyid(p.proowner), p.proacl::text FROM pg_proc p
+                              JOIN pg_namespace n ON n.oid = p.pronamespace
+                              WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1"""),
+            "extensions": q("SELECT extname, extversion, pg_get_userbyid(extowner) FROM pg_extension ORDER BY 1"),
+            "large objects": q("""SELECT oid::bigint, pg_get_userbyid(lomowner), lomacl::text, md5(lo_get(oid))
+                                  FROM pg_largeobject_metadata ORDER BY 1"""),
+            "sequences": q("""SELECT schemaname, sequencename, last_value FROM pg_sequences ORDER BY 1, 2"""),
+        }
+        sorted_emails = conn.execute("SELECT string_agg(email, ',' ORDER BY email) FROM users").fetchone()[0] \
+            if conn.execute("SELECT to_regclass('users') IS NOT NULL").fetchone()[0] else None
+    return {"database": db, "settings": settings, **objects, "text order": sorted_emails}

@@ -437,8 +437,9 @@ def missing_powers(conn: psycopg.Connection) -> list[str]:
     live = conn.info.dbname
     p = database_properties(conn, live)
     out = [] if me[2] else ["CREATEDB"]
-    if any(role for role, _ in p.settings) and not me[1]:
-        out.append("CREATEROLE (the database has per-role settings)")
+    others = sorted(role for role, _ in p.settings if role and role != conn.info.user)
+    if others and not me[1]:   # a role may set its own, CREATEROLE those of others
+        out.append(f"CREATEROLE (the database has settings for role(s) {', '.join(others)})")
     superuser_only = conn.execute(
         """SELECT array_agg(DISTINCT s.name ORDER BY s.name) FROM pg_db_role_setting r
              JOIN pg_database d ON r.setdatabase = d.oid, unnest(r.setconfig) c, pg_settings s

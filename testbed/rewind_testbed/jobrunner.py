@@ -17,8 +17,14 @@ pods/status subresource, termination messages included. The Job controller does 
 Where it differs from a kubelet (there is no container runtime):
 - container paths are rewritten, not mounted: a command, argument, environment value or working
   directory naming a mount path (or the termination-message file) gets the local directory;
-- the processes run as the runner's user on the host's file system; `readOnly`, `runAsUser`,
-  `fsGroup` and `readOnlyRootFilesystem` are not enforced;
+- the processes run on the host's file system. When the runner is root (as in the test bed),
+  each container runs in its own mount namespace where every `readOnly` volume mount is a
+  read-only bind mount (writes fail with EROFS, as in a container), and as the `runAsUser` /
+  `runAsGroup` of its security context, with `fsGroup` as a supplementary group; a volume is
+  given to `fsGroup` as the kubelet does (group-owned, group-writable, setgid directories) and
+  the pod's own directories to its user. A runner that is not root cannot do either: it runs
+  the process as itself and logs that `readOnly` and `runAsUser` are not enforced.
+  `readOnlyRootFilesystem` is not enforced (the host's file system is the "image");
 - a container without `command` runs its `args` (an image's entrypoint is unknown);
 - the containers of a pod run one after the other, not side by side, and never restart;
 - a missing Secret or key fails the container (exit code 1, CreateContainerConfigError) instead of
@@ -74,14 +80,48 @@ STATUS_WRITE_ATTEMPTS = 20
 POLL_SECONDS = 0.2
 
 _PR_SET_PDEATHSIG = 1
+_CLONE_NEWNS = 0x00020000
+_MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x1, 0x20, 0x1000, 0x4000, 0x40000
 # Resolved here, not in the forked child: loading a library between fork and exec in a process
 # with threads can deadlock.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
+_libc = ctypes.CDLL(None, use_errno=True)
+_prctl, _unshare, _mount = _libc.prctl, _libc.unshare, _libc.mount
 
 
 def _die_with_runner() -> None:
     """Runs in the child before exec: the kernel kills it if the thread that started it dies."""
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _check(result: int, what: bytes) -> None:
+    if result != 0:
+        raise OSError(ctypes.get_errno(), f"{what.decode(errors='replace')}: {os.strerror(ctypes.get_errno())}")
+
+
+@dataclass(frozen=True)
+class _Confinement:
+    """What the container's process is held to (see the module's docstring): its read-only
+    mounts (local paths, as bytes made before the fork) and its user, group and groups."""
+
+    read_only: tuple[bytes, ...] = ()
+    user: int | None = None
+    group: int | None = None
+    groups: tuple[int, ...] = ()
+
+    def __call__(self) -> None:
+        """Runs in the child before exec, as root: a private mount namespace with the read-only
+        bind mounts, then the user; then the parent-death signal (a change of user clears it)."""
+        if self.read_only:
+            _check(_unshare(_CLONE_NEWNS), b"unshare")
+            _check(_mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), b"mount --make-rprivate /")
+            for path in self.read_only:
+                _check(_mount(path, path, None, _MS_BIND | _MS_REC, None), path)
+                _check(_mount(None, path, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None), path)
+        if self.user is not None:
+            os.setgroups(list(self.groups))
+            os.setgid(self.group if self.group is not None else self.user)
+            os.setuid(self.user)
+        _die_with_runner()
 
 
 def _now() -> str:
@@ -253,6 +293,17 @@ def _write_file(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
+def _give_to_group(path: Path, gid: int) -> None:
+    """What the kubelet does to a volume for a pod's fsGroup: the group owns everything and may
+    write it, and directories pass their group on (setgid)."""
+    for item in [path, *path.rglob("*")]:
+        if item.is_symlink():
+            continue
+        os.chown(item, -1, gid)
+        mode = item.stat().st_mode
+        os.chmod(item, mode | 0o060 | (0o2010 if item.is_dir() else 0))
+
+
 class _Volumes:
     """A pod's volumes as local directories, each made when a container first mounts it."""
 
@@ -317,6 +368,7 @@ class _Launch:
     env: dict[str, str]
     cwd: Path
     termination_file: Path
+    confinement: _Confinement = _Confinement()
 
 
 class _PodRun(threading.Thread):
@@ -428,7 +480,34 @@ class _PodRun(threading.Thread):
         process_env = {"HOSTNAME": self.pod_name, "HOME": str(home), **env}
         process_env["PATH"] = os.pathsep.join([str(self._runner.pg_bindir),
                                                env.get("PATH", CONTAINER_PATH)])
-        return _Launch(argv, process_env, self._working_dir(container, local), termination_file)
+        cwd = self._working_dir(container, local)
+        return _Launch(argv, process_env, cwd, termination_file, self._confinement(container))
+
+    def _confinement(self, container: dict) -> _Confinement:
+        """The container's read-only mounts and user (see the module's docstring); as root only.
+        The pod's own directories go to its user, its volumes to its fsGroup."""
+        mounts = container.get("volumeMounts") or []
+        pod_sc = self._pod["spec"].get("securityContext") or {}
+        sc = {**pod_sc, **(container.get("securityContext") or {})}
+        user, group, fs_group = sc.get("runAsUser"), sc.get("runAsGroup"), pod_sc.get("fsGroup")
+        if os.geteuid() != 0:
+            if user is not None or any(m.get("readOnly") for m in mounts):
+                log.warning("%s: container %s: the runner is not root, so readOnly mounts and "
+                            "runAsUser are not enforced", self.ref, container["name"])
+            return _Confinement()
+        if fs_group is not None:
+            for mount in mounts:
+                _give_to_group(self._volumes.path(mount["name"]), fs_group)
+        if user is not None:   # home, working directory, termination file, emptyDir and projections
+            for path in [self._dir, *self._dir.rglob("*")]:
+                os.lchown(path, user, group if group is not None else user)
+        read_only = []
+        for mount in mounts:
+            if mount.get("readOnly"):
+                local = self._volumes.path(mount["name"])
+                read_only.append(os.fsencode(local / mount["subPath"] if mount.get("subPath") else local))
+        groups = tuple(g for g in (group, fs_group) if g is not None)
+        return _Confinement(tuple(read_only), user, group, groups)
 
     def _path_map(self, container: dict, termination_file: Path) -> _PathMap:
         paths = {container.get("terminationMessagePath", DEFAULT_TERMINATION_PATH): termination_file}
@@ -500,7 +579,9 @@ class _PodRun(threading.Thread):
                 proc = subprocess.Popen(
                     launch.argv, env=launch.env, cwd=launch.cwd, stdin=subprocess.DEVNULL,
                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                    preexec_fn=_die_with_runner)
+                    preexec_fn=launch.confinement)
+            except subprocess.SubprocessError as e:
+                raise ContainerError.cannot_start(f"the runner could not confine the process: {e}") from None
             except OSError as e:
                 raise ContainerError.cannot_start(
                     f'exec: "{self._template_argv(container)[0]}": {e.strerror}') from None

@@ -24,6 +24,9 @@ from rewind.steps.database import state
 # only on the pod, so the step also looks every few seconds.
 LOOK_AGAIN_SECONDS = 5.0
 DEADLINE_MARGIN_SECONDS = 60
+# A Job gets what is left of the rollback's target time (the severity's), within the spec's
+# jobDeadlineSeconds, and never less than this.
+MIN_DEADLINE_SECONDS = 60
 
 
 def _script(name: str) -> str:
@@ -46,26 +49,49 @@ def env(spec: DatabaseSpec, dump_path: str, dump_ref: str, **extra: str) -> list
     return out
 
 
+def deadline_seconds(ctx: Context, rec: StepRecord) -> int:
+    """The Job's activeDeadlineSeconds: the time left of the rollback's target when the step
+    began (so a stuck Job ends near the severity's deadline, not at jobDeadlineSeconds past it),
+    at most jobDeadlineSeconds. The same at every look: both ends are in status."""
+    cap = state.spec(ctx).job_deadline_seconds
+    if ctx.status.deadline is None or rec.started_at is None:
+        return cap
+    left = int((ctx.status.deadline - rec.started_at).total_seconds())
+    return max(MIN_DEADLINE_SECONDS, min(cap, left))
+
+
+def lock_wait_timeout(ctx: Context) -> str:
+    """How long pg_dump waits for a table lock: a twentieth of the severity's target, within
+    5 s..60 s (Critical 15 s, High 45 s), so that a held lock fails the step while there is time
+    to act, instead of waiting blind until the Job's deadline."""
+    target = (ctx.status.deadline - ctx.status.started_at).total_seconds() \
+        if ctx.status.deadline and ctx.status.started_at else 900
+    return f"{int(min(60, max(5, target / 20)))}s"
+
+
 def wait(ctx: Context, step: PlanStep, rec: StepRecord, message: str,
-         outcome: jobs.JobOutcome | None = None) -> Wait:
-    """The step waits for its Job: woken by a watch on the Job, bounded by the Job's own deadline."""
+         outcome: jobs.JobOutcome | None = None, seconds: int | None = None) -> Wait:
+    """The step waits for its Job: woken by a watch on the Job, bounded by the Job's own deadline
+    (`seconds`, its activeDeadlineSeconds; default jobDeadlineSeconds)."""
     deadline = rec.started_at + datetime.timedelta(
-        seconds=state.spec(ctx).job_deadline_seconds + DEADLINE_MARGIN_SECONDS)
+        seconds=(seconds or state.spec(ctx).job_deadline_seconds) + DEADLINE_MARGIN_SECONDS)
     rv = outcome.resource_version if outcome else None
     return ctx.waiting(step, rec, message, deadline, look_again=LOOK_AGAIN_SECONDS,
                        watch=Watched(jobs.JOBS, step.job_name, rv))
 
 
-def run(ctx: Context, step: PlanStep, rec: StepRecord, manifest: Callable[[], dict],
+def run(ctx: Context, step: PlanStep, rec: StepRecord, manifest: Callable[[int], dict],
         what: str) -> jobs.JobOutcome | Wait:
-    """Get-or-create the step's Job; a Wait while it runs, else its outcome. For the steps whose
-    Job is harmless to run again (check reads only; backup never overwrites a dump); the restore
-    fences its Job in the ledger instead."""
+    """Get-or-create the step's Job (`manifest(deadline_seconds)`); a Wait while it runs, else
+    its outcome. For the steps whose Job is harmless to run again (check reads only; backup
+    adopts its own dump and overwrites no other); the restore fences its Job in the ledger
+    instead."""
+    seconds = deadline_seconds(ctx, rec)
     outcome = jobs.job_outcome(ctx.kube, ctx.namespace, step.job_name)
     if outcome.state == "missing":
-        how = jobs.ensure_job(ctx.kube, manifest())
+        how = jobs.ensure_job(ctx.kube, manifest(seconds))
         crashpoints.reach(f"{step.kind}:after-job-created")
-        return wait(ctx, step, rec, f"Job {step.job_name} {how}: {what}.")
+        return wait(ctx, step, rec, f"Job {step.job_name} {how}: {what}.", seconds=seconds)
     if outcome.state == "running":
-        return wait(ctx, step, rec, rec.message or f"Job {step.job_name}: {what}.", outcome)
+        return wait(ctx, step, rec, rec.message or f"Job {step.job_name}: {what}.", outcome, seconds)
     return outcome

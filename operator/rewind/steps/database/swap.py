@@ -3,20 +3,29 @@ kept as <db>_pre_<uid8>. Two renames and the ledger's move to `swapped` commit i
 transaction, so after any crash the catalog and the ledger agree: nothing was renamed (the swap
 runs again) or all of it was (it is adopted). Nothing is dropped.
 
-PostgreSQL renames only a database nobody is connected to. The live database is closed to new
-sessions, its sessions are ended (terminateConnections) or left to go on their own; those that
-remain are waited for on a timer, the live database staying closed meanwhile (opening it between
-looks would let a connection pool straight back in), for SESSIONS_WAIT at most. Whenever the swap
-gives up or fails, the live database is opened again before the step's failure is recorded:
-production is never left closed by a swap that did not happen. An operator that
-crashes mid-way leaves it closed until it (or its standby) is back and runs the step again; a
-Rollback deleted, or given up after repeated errors, while the step waits gets `release_swap`
-from the engine, which opens it again unless the swap committed.
+PostgreSQL renames only a database nobody is connected to. What can be known beforehand is
+checked before production is touched: the staging database is closed to new sessions and must
+have none (someone inspecting it would make the rename fail after production's sessions were
+already ended), else SwapBlocked with production's sessions left alone.
+
+Then, with terminateConnections (the default), the live database is closed to new sessions and
+its sessions are ended; those that remain (a superuser's, which this role may not end) are
+waited for on a timer, the live database staying closed meanwhile (opening it between looks
+would let a connection pool straight back in), for SESSIONS_WAIT at most. Without it, the live
+database stays open while its sessions are waited for, and is closed only once none is left
+(for the instant of the rename; a session that slipped in between opens it again and the wait
+goes on). Whenever the swap gives up or fails, both databases are opened again before the step's
+failure is recorded: production is never left closed by a swap that did not happen. An
+operator that crashes mid-way leaves it closed until it (or its standby) is back and runs the
+step again; a Rollback deleted, or given up after repeated errors, while the step waits gets
+`release_swap` from the engine, which opens it again unless the swap committed.
 """
 
 from __future__ import annotations
 
 import datetime
+
+import psycopg
 
 from rewind import crashpoints
 from rewind.adapters import db
@@ -30,6 +39,8 @@ from rewind.steps.database.names import pre_name, staging_comment, staging_name
 # How long production may stay closed to new sessions while the remaining ones end.
 SESSIONS_WAIT = datetime.timedelta(seconds=10)
 SESSIONS_LOOK_AGAIN_SECONDS = 1.0
+# How long a statement of the swap waits for a lock (another ALTER DATABASE on the same database).
+LOCK_TIMEOUT = "5s"
 
 
 def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
@@ -39,6 +50,7 @@ def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     ctx.begin(step, rec, f"Swapping {staging} in as {live}; the current {live} becomes {pre}.", C.DATABASE_RESTORED)
     target = connection.target(ctx.kube, ctx.namespace, spec)
     with db.connect(target, MAINTENANCE_DB) as conn:
+        conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
         db.ensure_ledger(conn)
         if not db.try_lock(conn, f"rewind:{ctx.uid}:swap"):
             return connection.locked(ctx, step)
@@ -50,17 +62,30 @@ def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
             if not exists or comment != staging_comment(ctx.uid):
                 raise StepFailed(C.INTERRUPTED, f"the staging database {staging} is not there as "
                                                 "Rewind left it; nothing was renamed")
-            db.set_allow_connections(conn, live, False)
             try:
-                left = db.end_sessions(conn, live, spec.terminate_connections)
+                _staging_free(conn, live, staging)
+                terminate = spec.terminate_connections
+                if not terminate and db.sessions(conn, live):
+                    # Left open while they go on their own: closing it now would refuse new
+                    # connections for as long as we wait, for nothing if the wait is in vain.
+                    return _sessions_wait(ctx, step, rec, live, db.sessions(conn, live), terminate)
+                db.set_allow_connections(conn, live, False)
+                left = db.end_sessions(conn, live, terminate)
                 if left:
-                    return _sessions_wait(ctx, step, rec, live, left, spec.terminate_connections)
+                    if not terminate:   # one slipped in before the close
+                        db.set_allow_connections(conn, live, True)
+                    return _sessions_wait(ctx, step, rec, live, left, terminate)
                 crashpoints.reach("DatabaseSwap:before-rename")
-                db.swap(conn, live=live, staging=staging, pre=pre, uid=ctx.uid,
-                                ledger_step="swap")
+                try:
+                    db.swap(conn, live=live, staging=staging, pre=pre, uid=ctx.uid,
+                            ledger_step="swap")
+                except psycopg.errors.LockNotAvailable:
+                    raise StepFailed("SwapBlocked", f"the rename waited {LOCK_TIMEOUT} for a lock on "
+                                     f"{live} or {staging} (another ALTER DATABASE); nothing was "
+                                     f"renamed and {live} accepts connections again") from None
                 crashpoints.reach("DatabaseSwap:after-rename")
             except BaseException:
-                _reopen_after_failed_swap(target, live, ctx.uid)
+                _reopen_after_failed_swap(target, live, ctx.uid, staging)
                 raise
         db.set_allow_connections(conn, live, True)
         db.set_allow_connections(conn, pre, True)
@@ -73,11 +98,25 @@ def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     return None
 
 
+def _staging_free(conn, live: str, staging: str) -> None:
+    """The rename of staging must not fail after production's sessions were ended: staging is
+    closed to new sessions, and any it has refuse the swap now (SwapBlocked), production as it
+    was."""
+    db.set_allow_connections(conn, staging, False)
+    on_staging = db.sessions(conn, staging)
+    if on_staging:
+        raise StepFailed("SwapBlocked", f"{on_staging} session(s) are connected to the staging "
+                         f"database {staging}; the swap cannot rename it while they are. Nothing was "
+                         f"renamed and the sessions on {live} were left alone; end those on {staging}, "
+                         "then create a new Rollback")
+
+
 def _sessions_wait(ctx: Context, step: PlanStep, rec: StepRecord, live: str, left: int,
                    terminate: bool) -> Wait:
     """Sessions remain on the live database: look again shortly, until the deadline set at the
     first look (kept in status, so a restarted operator does not wait longer); then SwapBlocked."""
     why = "" if terminate else " (terminateConnections is false)"
+    meanwhile = "refuses" if terminate else "accepts"
 
     def give_up() -> None:
         raise StepFailed("SwapBlocked", f"{left} session(s) on {live} did not end{why}; "
@@ -85,18 +124,22 @@ def _sessions_wait(ctx: Context, step: PlanStep, rec: StepRecord, live: str, lef
 
     deadline = rec.deadline or ctx.clock() + SESSIONS_WAIT
     return ctx.waiting(step, rec, f"Waiting for {left} session(s) on {live} to end{why}; {live} "
-                       "refuses new connections meanwhile.", deadline,
+                       f"{meanwhile} new connections meanwhile.", deadline,
                        look_again=SESSIONS_LOOK_AGAIN_SECONDS, on_deadline=give_up)
 
 
-def _reopen_after_failed_swap(target: db.Target, live: str, uid: str) -> None:
+def _reopen_after_failed_swap(target: db.Target, live: str, uid: str, staging: str | None = None) -> None:
     """Production must not stay closed because a swap failed: on a fresh connection (the old one
-    may be what failed), allow connections to the live database again, unless the swap did commit
-    (then `live` is the restored database and the next attempt adopts it)."""
+    may be what failed), allow connections to the live database again, and to staging (kept for
+    inspection), unless the swap did commit (then `live` is the restored database and the next
+    attempt adopts it)."""
     try:
         with db.connect(target, MAINTENANCE_DB) as conn:
-            if db.ledger_state(conn, uid, "swap") != "swapped" and db.database_comment(conn, live)[0]:
-                db.set_allow_connections(conn, live, True)
+            if db.ledger_state(conn, uid, "swap") == "swapped":
+                return
+            for name in (live, staging):
+                if name and db.database_comment(conn, name)[0]:
+                    db.set_allow_connections(conn, name, True)
     except db.DatabaseError:
         pass   # unreachable right now: the step's failure says to check the live database
 
@@ -105,4 +148,5 @@ def release_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> None:
     """The engine stops this step mid-way (the Rollback deleted, or given up): production must not
     stay closed to connections by a swap that will not go on."""
     spec = state.spec(ctx)
-    _reopen_after_failed_swap(connection.target(ctx.kube, ctx.namespace, spec), step.target.name, ctx.uid)
+    _reopen_after_failed_swap(connection.target(ctx.kube, ctx.namespace, spec), step.target.name, ctx.uid,
+                              staging_name(step.target.name, ctx.uid))

@@ -171,7 +171,8 @@ def weakness(key) -> str | None:
         return None
     if isinstance(key, dsa.DSAPublicKey):
         return "a DSA key (TLS clients no longer accept DSA)"
-    return f"a {type(key).__name__.removesuffix('PublicKey') or 'unknown'} key (clients accept RSA and EC P-256/P-384/P-521)"
+    kind = type(key).__name__.removesuffix("PublicKey").lstrip("_") or "unknown"
+    return f"a key of type {kind}, which browsers do not accept (they accept RSA, and EC P-256/P-384/P-521)"
 
 
 def _check_keys(chain: list[x509.Certificate]) -> None:

@@ -134,6 +134,9 @@ def test_the_restored_database_is_the_live_ones_twin(
         conn.execute("SELECT lo_from_bytea(0, 'invoice #2'::bytea)")
         conn.commit()
     assert fingerprint(postgres, live) != at_backup
+    if via == "owner":     # the owner may create, and rename, databases: all a rollback needs
+        with postgres.connect(autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} CREATEDB").format(sql.Identifier(roles.app)))
     url = postgres.dsn(live) if via == "superuser" else roles.dsn(roles.app, live)
     db_secret(api_client, ns, url)
 

@@ -176,6 +176,10 @@ def check_ledger(conn: psycopg.Connection) -> None:
 
 
 def _ensure_ledger(conn: psycopg.Connection) -> None:
+    # CREATE ... IF NOT EXISTS asks for CREATE on the database even when the table is there:
+    # a role granted the ledger (and not CREATE) looks first.
+    if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{LEDGER_SCHEMA}.{LEDGER_TABLE}",)).fetchone()[0]:
+        return
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(LEDGER_SCHEMA)))
     conn.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
         rollback_uid text NOT NULL, step text NOT NULL, state text NOT NULL,

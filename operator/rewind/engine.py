@@ -199,7 +199,8 @@ def _execute(ctx: Context) -> Wait | None:
     who = abort_requested(ctx.obj)
     if who:
         _abort(ctx, who)
-    elif ctx.status.approved_at is None or not ctx.status.leases:
+    elif (ctx.status.approved_at is None or not ctx.status.leases) and any(
+            not s.cleanup and r.state == StepState.PENDING.value for s, r in zip(ctx.status.plan, ctx.status.steps)):
         # Before the first step: the policy's approvals (the deadline clock runs meanwhile), then
         # one lease per target. Either may wait, or end the rollback (a denial, a refused target).
         wait = gate.approvals(ctx) if ctx.status.approved_at is None else None

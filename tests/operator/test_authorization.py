@@ -407,3 +407,20 @@ def test_a_gitops_service_account_is_a_requester_like_any_other(cluster, api_cli
     rb = wait_phase(api_client, namespace, "from-git-2", {"Failed", "Succeeded"}, timeout=90)
     assert rb["status"]["phase"] == "Succeeded", condition(rb, "Ready")
     assert deployment_dict(apps, namespace, "web")["spec"]["template"] == template_of(rs[2])
+
+
+def test_a_rollback_awaiting_approval_can_be_deleted_or_aborted(cluster, api_client, apps, namespace, operator):
+    """Waiting for an approval holds nothing: a deletion goes through at once, an abort ends it."""
+    _policy(cluster, namespace, severities=SEED_MATRIX)
+    deploy_revisions(apps, namespace, "web", IMAGES)
+    before = deployment_dict(apps, namespace, "web")
+    for name in ("to-delete", "to-abort"):
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(
+            rollback(name, [{"name": "web"}])))
+        wait_phase(api_client, namespace, name, {"AwaitingApproval"}, timeout=60)
+    cluster.kubectl("delete", "rollback", "to-delete", "-n", namespace, "--wait=true", "--timeout=60s")
+    cluster.kubectl("annotate", "rollback", "to-abort", "-n", namespace, "rewind.dev/abort=oncall")
+    rb = wait_phase(api_client, namespace, "to-abort", {"Failed", "Succeeded"}, timeout=60)
+    assert condition(rb, "Ready")["reason"] == "Aborted"
+    assert _unchanged(before, deployment_dict(apps, namespace, "web"))
+    assert _deployment_writes(cluster, namespace) == []

@@ -378,7 +378,7 @@ def test_secrets(point, cluster, api_client, namespace, idle_operator, tmp_path)
                                              "secrets": [{"name": "google-oauth", "toRevision": "previous"},
                                                          {"name": "microsoft-oauth",
                                                           "fromSecret": "microsoft-oauth-2026-11-20"}],
-                                             "certificates": [{"secretName": "booking-tls", "toRevision": "previous",
+                                             "certificates": [{"secretName": "booking-tls", "toRevision": "previous", "trust": {"caFromSecret": True},
                                                                "hosts": [HOST], "verify": {
                                                                    "host": "127.0.0.1", "port": server.port,
                                                                    "serverName": HOST, "timeoutSeconds": 30}}]}})

@@ -67,7 +67,8 @@ def test_no_secret_value_leaves_a_secret(cluster, api_client, postgres, booking_
                               "verify": {"tables": ["users"]}},
                  "secrets": [{"name": "google-oauth", "toRevision": "previous"},
                              {"name": "microsoft-oauth", "fromSecret": "microsoft-oauth-old"}],
-                 "certificates": [{"secretName": "booking-tls", "fromSecret": "booking-tls-old", "hosts": [HOST]}],
+                 "certificates": [{"secretName": "booking-tls", "fromSecret": "booking-tls-old", "hosts": [HOST],
+                                   "trust": {"caFromSecret": True}}],
                  "application": [{"name": "web"}]}})
     rb = wait_phase(api_client, ns, "everything", {"Succeeded", "Failed", "Interrupted"}, timeout=180)
     assert rb["status"]["phase"] == "Succeeded", str(rb["status"])

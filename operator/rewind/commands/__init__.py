@@ -10,7 +10,7 @@ import sys
 
 from rewind.commands import common
 
-COMMANDS = ("get", "describe", "watch", "plan", "abort", "approve", "deny")
+COMMANDS = ("get", "describe", "watch", "plan", "abort", "approve", "deny", "leftovers", "cleanup")
 
 
 def _guarded(func):
@@ -129,11 +129,12 @@ def register(sub) -> None:
     common.add_connection_flags(p)
     p.set_defaults(func=_guarded(follow.run_abort))
 
-    from rewind.commands import approve
+    from rewind.commands import approve, leftovers
     approve.register(sub, _guarded, _fill, _epilog)
+    leftovers.register(sub, _guarded, _fill, _epilog)
 
 
 EXIT_CODES_HELP = ("incident commands (as `kubectl rewind ...`): get, describe, watch, plan, abort, "
-                   "approve, deny; "
+                   "approve, deny, leftovers, cleanup; "
                    "they take -n/--namespace, --kubeconfig, --context like kubectl.\n\n"
                    + common.EXIT_CODES)

@@ -82,19 +82,16 @@ def test_killed_around_the_restore_job(cluster, api_client, postgres, job_runner
     assert len(_restore_runs(job_runner, ns, uid)) == 1
 
 
-def test_killed_inside_the_swap(cluster, api_client, postgres, job_runner, scene, idle_operator):
-    """Frozen after connections to the live database were blocked, while it waits for sessions."""
+def test_killed_inside_the_swap(cluster, api_client, postgres, job_runner, scene, idle_operator,
+                                monkeypatch):
+    """Killed after connections to the live database were blocked and its sessions ended, just
+    before the renames."""
     ns, live = scene["ns"], scene["db"]
-    holder = postgres.connect(live)
-    try:
-        op = idle_operator.start()
-        kubectl_apply(cluster, ns, db_rollback("crash-swap", terminateConnections=False))
-        wait_for("swap waiting on the live database's sessions",
-                 lambda: not allows_connections(postgres, live), timeout=180, interval=0.05)
-        op.freeze()
-        op.kill()
-    finally:
-        holder.close()
+    monkeypatch.setenv("REWIND_CRASH_AT", "DatabaseSwap:before-rename")
+    op = idle_operator.start()
+    kubectl_apply(cluster, ns, db_rollback("crash-swap"))
+    wait_for("the operator killed at the swap", lambda: op.proc.poll() is not None, timeout=180)
+    monkeypatch.delenv("REWIND_CRASH_AT")
     rb = get_rollback(api_client, ns, "crash-swap")
     assert rb["status"]["phase"] == "Running"
     # Nothing was renamed: the old database is still the live one (closed to new sessions
@@ -165,11 +162,22 @@ def test_staging_name_already_taken(cluster, api_client, postgres, scene, idle_o
     postgres.drop_database(squatter)
 
 
+def _swap_waits(api_client, ns, name):
+    rb = get_rollback(api_client, ns, name)
+    swap = next((s for s in (rb.get("status") or {}).get("steps") or [] if s["name"] == "database/swap"), {})
+    return "Waiting for 1 session(s)" in (swap.get("message") or "") or swap.get("state") == "Failed"
+
+
 def test_live_sessions_that_will_not_end_block_the_swap(cluster, api_client, postgres, scene, operator):
+    """terminateConnections false: production stays open to new connections while the swap waits
+    for its sessions to end, and after it gives up."""
     ns, live = scene["ns"], scene["db"]
     holder = postgres.connect(live)
     try:
         kubectl_apply(cluster, ns, db_rollback("busy", terminateConnections=False))
+        wait_for("the swap waiting for the session", lambda: _swap_waits(api_client, ns, "busy"), timeout=180)
+        with postgres.connect(live) as newcomer:                # accepted while the swap waits
+            assert newcomer.execute("SELECT count(*) FROM users").fetchone() == (57,)
         rb = wait_phase(api_client, ns, "busy", {"Succeeded", "Failed", "Interrupted"}, timeout=180)
         assert holder.execute("SELECT 1").fetchone() == (1,)   # the session was left alone
     finally:
@@ -193,7 +201,7 @@ def test_a_rollback_deleted_while_the_swap_waits_leaves_production_open(cluster,
         kubectl_apply(cluster, ns, db_rollback("deleted", terminateConnections=False))
         rb = get_rollback(api_client, ns, "deleted")
         wait_for("swap waiting on the live database's sessions",
-                 lambda: not allows_connections(postgres, live), timeout=180, interval=0.05)
+                 lambda: _swap_waits(api_client, ns, "deleted"), timeout=180, interval=0.05)
         cluster.kubectl("delete", "rollback", "deleted", "-n", ns, "--wait=false")
         wait_for("the Rollback gone", lambda: cluster.kubectl(
             "get", "rollback", "deleted", "-n", ns, check=False).returncode != 0, timeout=60)
@@ -238,3 +246,32 @@ def test_the_engine_releases_a_swap_it_stops_mid_way(cluster, api_client, postgr
     assert rb["status"]["steps"][0]["state"] == "Interrupted"
     assert allows_connections(postgres, live)
     assert checksums(postgres, live) == scene["before"]
+
+
+def test_a_finished_backup_job_deleted_before_its_outcome_was_saved(
+        cluster, api_client, postgres, job_runner, scene, idle_operator, monkeypatch):
+    """The operator dies right after creating the backup Job; the Job finishes and is deleted
+    before anyone recorded it. The new Job finds this rollback's own dump and adopts it instead
+    of refusing to overwrite it."""
+    ns = scene["ns"]
+    monkeypatch.setenv("REWIND_CRASH_AT", "DatabaseBackup:after-job-created")
+    op = idle_operator.start()
+    kubectl_apply(cluster, ns, db_rollback("backup-gone"))
+    wait_for("the operator killed after creating the backup Job", lambda: op.proc.poll() is not None,
+             timeout=180)
+    monkeypatch.delenv("REWIND_CRASH_AT")
+    uid = _rollback_uid(api_client, ns, "backup-gone")
+    job = f"rewind-{uid.replace('-', '')[:8]}-backup"
+    wait_for("backup Job complete", lambda: any(
+        c.type == "Complete" and c.status == "True"
+        for c in client.BatchV1Api(api_client).read_namespaced_job(job, ns).status.conditions or []),
+        timeout=120)
+    client.BatchV1Api(api_client).delete_namespaced_job(job, ns, propagation_policy="Background")
+    wait_for("backup Job gone", lambda: not _job_exists(api_client, ns, job))
+    dump = next(job_runner.pvc_dir(ns, CLAIM).rglob("pre-rollback.dump"))
+    first = dump.read_bytes()
+    op.start()
+    rb = wait_phase(api_client, ns, "backup-gone", {"Succeeded", "Failed", "Interrupted"}, timeout=180)
+    _assert_rolled_back(postgres, rb, scene)
+    assert dump.read_bytes() == first                    # adopted, not written again
+    assert rb["status"]["database"]["preRollbackBackupBytes"] == len(first)

@@ -483,6 +483,25 @@ def carry_over(conn: psycopg.Connection, was: DatabaseProperties, name: str) -> 
     (a read-only default, a limit of 0), and the comment is staging's fence until then."""
     db = sql.Identifier(name)
     now = database_properties(conn, name)
+    made = differences(was, now, creation_only=True) + [
+        what for what, x, y in (("owner", was.owner, now.owner), ("tablespace", was.tablespace, now.tablespace))
+        if x != y]
+    if made:
+        raise DatabaseError("FidelityMismatch", f"the staging database was created otherwise than the "
+                            f"live one ({', '.join(made)}); nothing was renamed")
+    try:
+        _give(conn, was, now, db)
+    except psycopg.errors.InsufficientPrivilege:
+        raise DatabaseError("Forbidden", f"role {conn.info.user!r} may not give the restored database "
+                            "the live one's settings or grants (SQLSTATE 42501); nothing was renamed") from None
+    left = differences(was, database_properties(conn, name))
+    if left:
+        raise DatabaseError("FidelityMismatch", f"the restored database would differ from the live "
+                            f"one in: {', '.join(left)}; nothing was renamed")
+
+
+def _give(conn: psycopg.Connection, was: DatabaseProperties, now: DatabaseProperties,
+          db: sql.Identifier) -> None:
     for role, _ in now.settings:
         conn.execute(_alter_settings(role, db) + sql.SQL(" RESET ALL"))
     for role, configs in was.settings:
@@ -503,10 +522,6 @@ def carry_over(conn: psycopg.Connection, was: DatabaseProperties, name: str) -> 
     conn.execute(sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT {}").format(
         db, sql.Literal(was.connection_limit)))
     conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(db, sql.Literal(was.comment)))
-    left = differences(was, database_properties(conn, name))
-    if left:
-        raise DatabaseError("FidelityMismatch", f"the restored database would differ from the live "
-                            f"one in: {', '.join(left)}; nothing was renamed")
 
 
 def _alter_settings(role: str, db: sql.Identifier) -> sql.Composed:

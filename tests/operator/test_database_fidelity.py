@@ -197,3 +197,54 @@ def test_a_role_that_cannot_restore_the_owners_is_refused_at_preflight(
     message = ready["message"]
     assert f"role {roles.reader!r}" in message and repr(roles.app) in message, message
     assert fingerprint(postgres, live) == before
+
+
+def _recreate(postgres, name: str, how: str) -> None:
+    with postgres.connect(autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 " + how).format(sql.Identifier(name)))
+    with postgres.connect(name) as conn:
+        conn.execute("CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL)")
+        conn.execute("INSERT INTO users VALUES (1, 'a@example.com')")
+        conn.commit()
+
+
+@pytest.mark.parametrize("accept", [False, True])
+def test_a_backup_of_a_database_created_otherwise_is_refused_unless_accepted(
+        cluster, api_client, postgres, database, job_runner, restricted, operator, accept):
+    ns, live = restricted, database
+    _recreate(postgres, live, "LOCALE 'C.UTF-8'")                 # the backup's source: libc
+    make_dump(postgres, live, job_runner.create_pvc(ns, CLAIM) / "nightly" / "backup.dump")
+    _recreate(postgres, live, "LOCALE_PROVIDER icu ICU_LOCALE 'de-DE' LOCALE 'C.UTF-8'")
+    db_secret(api_client, ns, postgres.dsn(live))
+    extra = {"acceptSourceDifferencesReason": "collation changed on purpose"} if accept else {}
+    kubectl_apply(cluster, ns, db_rollback("otherwise", verify={"tables": ["users"]}, **extra))
+    rb = wait_phase(api_client, ns, "otherwise", {"Succeeded", "Failed", "Interrupted"}, timeout=180)
+    if accept:
+        assert rb["status"]["phase"] == "Succeeded", str(rb["status"])
+        assert fingerprint(postgres, live)["database"][1:5] == ("i", "C.UTF-8", "C.UTF-8", "de-DE")
+        return
+    ready = condition(rb, "Ready")
+    assert rb["status"]["phase"] == "Failed" and ready["reason"] == "SourceDiffers", ready
+    assert "provider=libc" in ready["message"] and "provider=icu" in ready["message"], ready["message"]
+
+
+def test_restore_errors_reach_status_as_sqlstate_never_row_values(
+        cluster, api_client, postgres, database, job_runner, restricted, operator):
+    ns, live = restricted, database
+    _recreate(postgres, live, "LOCALE 'C.UTF-8'")
+    backup = job_runner.create_pvc(ns, CLAIM) / "nightly" / "backup.sql"
+    import subprocess
+    from dbhelpers import pg_bin
+    script = subprocess.run([pg_bin("pg_dump"), f"--dbname={postgres.dsn(live)}"], check=True,
+                            capture_output=True, text=True).stdout
+    # A row value the server would quote in its message: `invalid input syntax for type integer`.
+    backup.parent.mkdir(parents=True, exist_ok=True)
+    backup.write_text(script.replace("1\ta@example.com", "row-canary-4711\ta@example.com"))
+    db_secret(api_client, ns, postgres.dsn(live))
+    kubectl_apply(cluster, ns, db_rollback("sqlstate", "nightly/backup.sql", verify={"tables": ["users"]}))
+    rb = wait_phase(api_client, ns, "sqlstate", {"Succeeded", "Failed", "Interrupted"}, timeout=180)
+    ready = condition(rb, "Ready")
+    assert rb["status"]["phase"] == "Failed" and ready["reason"] == "RestoreFailed", ready
+    assert "SQLSTATE 22P02" in ready["message"], ready["message"]
+    assert "row-canary-4711" not in str(rb) and "row-canary-4711" not in operator.output()

@@ -38,7 +38,7 @@ def test_kept_databases_and_dumps_are_listed_and_removed_only_when_asked(
 
     listed = rewind(cluster, "leftovers", "-n", ns)
     assert listed.returncode == 0, listed.stderr
-    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    rows = [line.split() for line in listed.stdout.splitlines()[1:] if line.strip()]
     assert ["first", "database", pre] == rows[0][:3] and rows[0][-1] == "kept"
     assert ["first", "dump", dump_ref] == rows[1][:3] and rows[1][-1] == "kept"
     assert "KiB" in listed.stdout or " B " in listed.stdout           # the dump's size
@@ -74,7 +74,8 @@ def test_kept_databases_and_dumps_are_listed_and_removed_only_when_asked(
     stamp = get_rollback(api_client, ns, "first")["metadata"]["annotations"]["rewind.dev/cleaned-up"]
     assert stamp.startswith("by rewind-testbed-admin at ") and pre in stamp
     after = rewind(cluster, "leftovers", "-n", ns)
-    assert all(line.split()[-1] == "removed" for line in after.stdout.splitlines()[1:]), after.stdout
+    states = [line.split()[-1] for line in after.stdout.splitlines()[1:] if line.strip()]
+    assert states == ["removed", "removed"], after.stdout
     again = rewind(cluster, "cleanup", "first", "-n", ns, "--yes")
     assert again.returncode == 1 and "already removed" in again.stderr
     assert postgres.password not in done.stdout + done.stderr + listed.stdout

@@ -48,7 +48,7 @@ def _run_as() -> str | None:
 class PostgresServer:
     data_dir: Path
     port: int
-    password: str
+    password: str = field(repr=False)      # never in a repr: pytest prints fixtures on failure
     host: str = "127.0.0.1"
     superuser: str = "postgres"
     proc: Proc | None = field(default=None, repr=False)

@@ -72,7 +72,8 @@ def test_swap_is_atomic_and_keeps_the_old_database(postgres, database):
             db.ledger_advance(conn, "uid-swap", "swap", None, "swapping")
             db.swap(conn, live=live, staging=staging, pre=pre, uid="uid-swap", ledger_step="swap")
             assert db.ledger_state(conn, "uid-swap", "swap") == "swapped"
-            assert db.database_comment(conn, live) == (True, "rewind:uid-swap:restored")
+            # The new live database keeps live's own comment (none here), not a Rewind marker.
+            assert db.database_comment(conn, live) == (True, None)
             assert db.database_comment(conn, staging) == (False, None)
         with postgres.connect(live) as c:
             assert c.execute("SELECT count(*) FROM appointments").fetchone()[0] == 3

@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap test unit demo cluster crd manifests clean bench
+.PHONY: bootstrap test unit fuzz demo cluster crd manifests clean bench
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -12,6 +12,9 @@ test: bootstrap  ## all tests, against the local control plane and PostgreSQL
 
 unit: bootstrap  ## tests that need no cluster and no database
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+fuzz: bootstrap  ## the long fuzz tier: 500 generated specs per test (make test runs a short smoke of each)
+	REWIND_FUZZ_EXAMPLES=$${REWIND_FUZZ_EXAMPLES:-500} $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
 
 demo: bootstrap  ## the end-to-end demo: the booking app rolled back on the local control plane
 	$(PY) examples/booking/demo.py

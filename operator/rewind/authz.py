@@ -110,11 +110,13 @@ class Permission:
     name: str | None
     why: str
     subresource: str = ""
+    namespace: str | None = None    # None: the Rollback's own
 
     def __str__(self) -> str:
         res = self.resource + (f"/{self.subresource}" if self.subresource else "")
         res = f"{res}.{self.group}" if self.group else res
-        return f"{self.verb} {res}{'/' + self.name if self.name else ''} ({self.why})"
+        where = f" in namespace {self.namespace}" if self.namespace else ""
+        return f"{self.verb} {res}{'/' + self.name if self.name else ''}{where} ({self.why})"
 
 
 _WORKLOAD_PLURALS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
@@ -142,6 +144,11 @@ def required(spec: RollbackSpec, plan: list[PlanStep]) -> list[Permission]:
         elif kind == StepKind.CONSUMERS_RESTART:
             for wkind, wname in consumers(step):
                 add(Permission("patch", "apps", _WORKLOAD_PLURALS[wkind], wname, f"step {step.name}"))
+        elif kind == StepKind.GITOPS_SUSPEND:
+            from rewind.steps.gitops import RESOURCES
+            res = RESOURCES[step.owner.kind]
+            add(Permission("patch", res.group, res.plural, step.owner.name,
+                           f"suspend its sync, step {step.name}", namespace=step.owner.namespace))
         elif kind == StepKind.SECRETS_RESTORE:
             for change in step.secrets:
                 add(Permission("update", "", "secrets", change.name, f"step {step.name}"))
@@ -190,7 +197,7 @@ def required(spec: RollbackSpec, plan: list[PlanStep]) -> list[Permission]:
             add(Permission("get", "", "secrets", ref, f"notification {n.name}"))
     seen, out = set(), []
     for p in perms:
-        key = (p.verb, p.group, p.resource, p.subresource, p.name)
+        key = (p.verb, p.group, p.resource, p.subresource, p.name, p.namespace)
         if key not in seen:
             seen.add(key)
             out.append(p)
@@ -219,8 +226,8 @@ def allowed(kube: Kube, who: Requester, namespace: str, verb: str, group: str, r
 
 
 def check_rights(kube: Kube, who: Requester, namespace: str, perms: list[Permission]) -> None:
-    denied = [p for p in perms if not allowed(kube, who, namespace, p.verb, p.group, p.resource,
-                                              p.name, p.subresource)]
+    denied = [p for p in perms if not allowed(kube, who, p.namespace or namespace, p.verb, p.group,
+                                              p.resource, p.name, p.subresource)]
     if denied:
         raise ReasonedError(REQUESTER_NOT_ALLOWED, f"{who.username} may not do what this rollback would "
                             f"do in namespace {namespace}, and Rewind acts only within the requester's "

@@ -60,6 +60,8 @@ def _run(args) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     from rewind import authz
     authz.SETTINGS.job_image = args.job_image
+    from rewind.steps import gitops
+    gitops.SETTINGS = gitops.Settings(argocd_namespace=args.argocd_namespace)
     import rewind.handlers  # noqa: F401 - registers the handlers
 
     if args.metrics_address:
@@ -189,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--job-image", default="postgres:16", metavar="IMAGE",
                      help="the PostgreSQL client image of database Jobs when a Rollback names none, and "
                           "the only one allowed when the policy lists no jobImages (default postgres:16)")
+    run.add_argument("--argocd-namespace", metavar="NS",
+                     default=os.environ.get("REWIND_ARGOCD_NAMESPACE", "argocd"),
+                     help="where Argo CD's Applications live, for targets it tracks by label or by a "
+                          "tracking id without a namespace (default argocd, or $REWIND_ARGOCD_NAMESPACE)")
     run.add_argument("--log-format", choices=("text", "json"), default="text",
                      help="log lines as text (default) or one JSON object per line")
     run.add_argument("--verbose", "-v", action="store_true")

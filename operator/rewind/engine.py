@@ -16,10 +16,10 @@ from rewind.api import conditions as C
 from rewind.api.v1alpha1 import (
     TERMINAL_PHASES, NotificationEvent, Phase, PlanStep, ReportRef, StepAction, StepKind, StepRecord, StepState,
 )
-from rewind import authz, gate, metrics, registry
+from rewind import authz, gate, idempotency, metrics, registry
 from rewind.api.errors import ReasonedError
 from rewind.context import Context, Wait, earliest, utcnow
-from rewind.steps import hooks, jobs, notifications, report
+from rewind.steps import gitops, hooks, jobs, notifications, report
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,10 @@ def _plan(ctx: Context) -> Wait | None:
         ctx.status.deadline = started + authz.target_time(ctx.policy, spec.severity)
         authz.check_images(spec, ctx.request.job_images)
         authz.check_break_glass(ctx.policy, spec)
+        # A Rollback that already ran (deleted since, and applied again by a GitOps pipeline)
+        # is refused before anything else is read.
+        key = None if spec.dry_run else idempotency.key_of(ctx.obj, spec)
+        idempotency.check(ctx.kube, ctx.namespace, ctx.name, ctx.uid, key)
     except ReasonedError as e:
         message = f"Preflight refused the rollback; nothing was changed: {e.message}"
         ctx.condition(C.PLANNED, "False", e.reason, message)
@@ -119,6 +123,11 @@ def _plan(ctx: Context) -> Wait | None:
     if spec.dry_run:
         message = f"Dry run: {summary}. Nothing was changed; the diffs are in status.plan."
         return _terminal(ctx, Phase.PLANNED, C.DRY_RUN, message, ready=True)
+    try:
+        idempotency.claim(ctx.kube, ctx.namespace, ctx.name, ctx.uid, key)   # before the plan's write
+    except ReasonedError as e:
+        return refuse(ctx, e.reason, f"Preflight refused the rollback; nothing was changed: {e.message}")
+    ctx.status.idempotency_key = key
     ctx.condition(C.READY, "False", C.EXECUTING, "The plan is fixed; executing it.")
     ctx.condition(C.RECONCILING, "True", C.EXECUTING, "The plan is fixed; executing it.")
     notifications.queue(ctx, NotificationEvent.STARTED,
@@ -304,7 +313,9 @@ def _record_failure(ctx: Context, step: PlanStep, rec: StepRecord, reason: str, 
 
 def _finish(ctx: Context) -> None:
     """Every step has run (or was not run after a failure): the outcome."""
-    cleanup = [(s, r) for s, r in zip(ctx.status.plan, ctx.status.steps) if s.cleanup]
+    # The hooks' cleanup steps (the GitOps hold puts nothing back: gitops.note says what stays).
+    cleanup = [(s, r) for s, r in zip(ctx.status.plan, ctx.status.steps)
+               if s.cleanup and s.kind != StepKind.GITOPS_HOLD.value]
     undone = [r for _, r in cleanup if r.state == StepState.FAILED.value]
     hooks_note, undone_text = "", ""
     if any(r.state == StepState.SUCCEEDED.value for _, r in cleanup) or undone:
@@ -430,6 +441,7 @@ def give_up(ctx: Context, message: str) -> bool:
 
 def _terminal(ctx: Context, phase: Phase, reason: str, message: str, ready: bool = False) -> None:
     now = ctx.clock()
+    message += gitops.note(ctx)   # owners left suspended, and what Git must hold: said everywhere
     ctx.status.phase = phase.value
     ctx.status.completed_at = now
     ctx.status.progress = planning.progress(ctx.status.steps) if ctx.status.steps else "0/0"

@@ -1,10 +1,10 @@
 """Planning: a pure function of the spec and what preflight found. No cluster access here.
 
 Each step kind's preflight (steps/*) resolves its own targets; `order` puts everything found into
-the seed's runbook order, which lives here and nowhere else: enter maintenance, silence
-monitoring, the database, the Secrets (and the workloads that use them), the application's
-workloads in the spec's order, then the checks, and last the cleanup (exit maintenance, resume
-monitoring).
+the seed's runbook order, which lives here and nowhere else: suspend the GitOps sync of the
+targets' owners, enter maintenance, silence monitoring, the database, the Secrets (and the
+workloads that use them), the application's workloads in the spec's order, then the checks, then the cleanup (exit maintenance, resume
+monitoring), and last the GitOps hold (the owners stay suspended; what Git must hold).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ FINISHED_STATES = DONE_STATES | {StepState.FAILED.value, StepState.INTERRUPTED.v
 # The runbook's order, by step kind; steps of one rank keep the order their preflight gave them
 # (the database's check, backup, restore, verify, actions, swap; workloads as the spec lists them).
 RANK = {kind: rank for rank, kinds in enumerate([
+    [StepKind.GITOPS_SUSPEND],
     [StepKind.MAINTENANCE_ENTER],
     [StepKind.MONITORING_SUSPEND],
     [StepKind.DATABASE_CHECK, StepKind.DATABASE_BACKUP, StepKind.DATABASE_RESTORE,
@@ -38,6 +39,7 @@ RANK = {kind: rank for rank, kinds in enumerate([
     [StepKind.HTTP_CHECK, StepKind.SQL_CHECK, StepKind.TLS_CHECK],
     [StepKind.MAINTENANCE_EXIT],
     [StepKind.MONITORING_RESUME],
+    [StepKind.GITOPS_HOLD],
 ]) for kind in kinds}
 
 

@@ -15,7 +15,7 @@ from rewind.api.v1alpha1 import StepKind
 from rewind.context import Context, Found, Request, Wait
 from rewind.api.v1alpha1 import PlanStep, StepRecord
 from rewind.steps import (
-    certificates, consumers, database, destinations, maintenance, monitoring, notifications, secrets,
+    certificates, consumers, database, destinations, gitops, maintenance, monitoring, notifications, secrets,
     verification, workload,
 )
 
@@ -40,13 +40,15 @@ ADVANCE: dict[StepKind, Advance] = {
     StepKind.HTTP_CHECK: verification.advance,
     StepKind.SQL_CHECK: verification.advance,
     StepKind.TLS_CHECK: verification.advance,
+    StepKind.GITOPS_SUSPEND: gitops.advance,
+    StepKind.GITOPS_HOLD: gitops.advance,
 }
 
 # Every preflight runs (so a refusal lists all problems at once); plan.order sorts what they found.
 # Where the rollback will connect is checked first: its refusal's reason comes first.
 PREFLIGHTS: tuple[Preflight, ...] = (
     destinations.preflight, maintenance.preflight, monitoring.preflight, database.preflight, secrets.preflight,
-    workload.preflight, verification.preflight, notifications.preflight,
+    workload.preflight, verification.preflight, notifications.preflight, gitops.preflight,
 )
 
 # What to undo when the engine stops a step of this kind mid-way (Running) and will not call it

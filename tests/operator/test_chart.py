@@ -245,6 +245,7 @@ def every_value(watch: list[str], release: str = "rewind", dashboard_namespace: 
         "fullnameOverride": "",
         "watchNamespaces": watch,
         "clusterWide": False,
+        "gitops": {"ownerNamespaces": watch[-1:]},   # where the owners live (here: a watched one)
         "replicas": 2,
         "leaderElection": {"enabled": True, "peeringName": "rewind-peers", "lifetimeSeconds": 7},
         "logFormat": "json",
@@ -316,8 +317,8 @@ def test_helm_lint(helm, tmp_path):
 def test_default_values_render_an_operator_confined_to_its_namespace(helm):
     docs = template(helm)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["ServiceAccount", *["CustomResourceDefinition"] * 4, *["ClusterRole"] * 6,
-                            "ClusterRoleBinding", "RoleBinding", "Service", "Deployment", *ADMISSION_KINDS,
+    assert kinds == sorted(["ServiceAccount", *["CustomResourceDefinition"] * 4, *["ClusterRole"] * 7,
+                            "ClusterRoleBinding", *["RoleBinding"] * 2, "Service", "Deployment", *ADMISSION_KINDS,
                             "MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"]), kinds
     # (The default ClusterRollbackPolicy waits for the CRD this render installs: see below.)
     deployment = one(docs, "Deployment")
@@ -348,12 +349,15 @@ def test_default_values_render_an_operator_confined_to_its_namespace(helm):
     subject = [{"kind": "ServiceAccount", "name": "rewind-operator", "namespace": "rewind-system"}]
     (crb,) = by_kind(docs, "ClusterRoleBinding")
     assert crb["roleRef"]["name"] == "rewind-operator-discovery" and crb["subjects"] == subject
-    (rb,) = by_kind(docs, "RoleBinding")
+    rb, gitops = by_kind(docs, "RoleBinding")
     assert rb["metadata"]["namespace"] == "rewind-system" and rb["subjects"] == subject
     assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "rewind-operator"}
+    # With it, in the same namespace: get/patch on Argo CD and Flux owners (suspending their sync).
+    assert gitops["metadata"]["namespace"] == "rewind-system" and gitops["subjects"] == subject
+    assert gitops["roleRef"]["name"] == "rewind-operator-gitops"
     # The roles for people, named as other tests and the README expect, bound by nobody.
     roles = {d["metadata"]["name"] for d in by_kind(docs, "ClusterRole")}
-    assert roles == {"rewind-operator", "rewind-operator-discovery", *PEOPLE_ROLES}
+    assert roles == {"rewind-operator", "rewind-operator-discovery", "rewind-operator-gitops", *PEOPLE_ROLES}
     service = one(docs, "Service")
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 8081, "targetPort": "metrics",
                                          "protocol": "TCP"}]
@@ -406,14 +410,19 @@ def test_a_values_file_that_sets_every_value(helm, tmp_path):
     assert sa["metadata"]["annotations"] == {"example.com/owner": "sre"}
     # RBAC: the operator's ClusterRole bound in each watched namespace only; discovery cluster-wide.
     subject = [{"kind": "ServiceAccount", "name": "rewind-sa", "namespace": "ops-system"}]
-    role_bindings = by_kind(docs, "RoleBinding")
+    role_bindings = [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["name"] == "ops-rwd-operator"]
     assert sorted(b["metadata"]["namespace"] for b in role_bindings) == ["booking", "payments"]
     assert all(b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                 "name": "ops-rwd-operator"} and b["subjects"] == subject for b in role_bindings)
+    # The GitOps role (get, patch on Argo CD / Flux owners): the same namespaces, the owners' once.
+    gitops = [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["name"] == "ops-rwd-operator-gitops"]
+    assert sorted(b["metadata"]["namespace"] for b in gitops) == ["booking", "payments"]
+    assert len(gitops) + len(role_bindings) == len(by_kind(docs, "RoleBinding"))
     (crb,) = by_kind(docs, "ClusterRoleBinding")
     assert crb["roleRef"]["name"] == "ops-rwd-operator-discovery" and crb["subjects"] == subject
     assert {d["metadata"]["name"] for d in by_kind(docs, "ClusterRole")} == {
-        "ops-rwd-operator", "ops-rwd-operator-discovery", "ops-rwd-requester", "ops-rwd-approver-devops-lead",
+        "ops-rwd-operator", "ops-rwd-operator-discovery", "ops-rwd-operator-gitops", "ops-rwd-requester",
+        "ops-rwd-approver-devops-lead",
         "ops-rwd-approver-security", "ops-rwd-approver-release-manager"}
     approver = next(d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("release-manager"))
     assert {"apiGroups": ["rewind.dev"], "resources": ["rollbackapprovals"], "resourceNames": ["release-manager"],
@@ -639,13 +648,13 @@ def test_switches_leave_their_objects_out(helm, tmp_path):
     docs = template(helm, None, "--set", "clusterWide=true,leaderElection.enabled=true")
     assert not [a for a in container(docs)["args"] if a.startswith("--namespace")]
     assert sorted(b["roleRef"]["name"] for b in by_kind(docs, "ClusterRoleBinding")) == [
-        "rewind-operator", "rewind-operator-discovery"]
+        "rewind-operator", "rewind-operator-discovery", "rewind-operator-gitops"]
     assert not by_kind(docs, "RoleBinding") and not by_kind(docs, "KopfPeering")
     assert one(docs, "ClusterKopfPeering")["metadata"]["name"] == "rewind"
     # No approval roles: the requester's role only.
     docs = template(helm, None, "--set", "approvalRoles=null")
     assert {d["metadata"]["name"] for d in by_kind(docs, "ClusterRole")} == {
-        "rewind-operator", "rewind-operator-discovery", "rewind-requester"}
+        "rewind-operator", "rewind-operator-discovery", "rewind-operator-gitops", "rewind-requester"}
     # A release name without "rewind" in it gets it appended.
     docs = template(helm, release="ops")
     assert one(docs, "Deployment")["metadata"]["name"] == "ops-rewind-operator"

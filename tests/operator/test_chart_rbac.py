@@ -172,14 +172,19 @@ def test_watching_namespaces_binds_nothing_with_data_cluster_wide(rendered, name
     bindings = grants(docs)["grants"]
     assert [g["role"] for g in bindings if g["scope"] == "cluster"] == ["ClusterRole/rewind-operator-discovery"]
     expected = ["rewind-system"] if name == "default" else ["a", "b"]
-    assert [g["scope"] for g in bindings if g["scope"] != "cluster"] == [f"namespace {n}" for n in expected]
-    assert all(g["role"] == "ClusterRole/rewind-operator" for g in bindings if g["scope"] != "cluster")
+    operator = [g for g in bindings if g["role"] == "ClusterRole/rewind-operator"]
+    assert [g["scope"] for g in operator] == [f"namespace {n}" for n in expected]
+    # The GitOps role (get, patch on Argo CD / Flux owners) with it, in the same namespaces.
+    gitops = [g for g in bindings if g["role"] == "ClusterRole/rewind-operator-gitops"]
+    assert [g["scope"] for g in gitops] == [f"namespace {n}" for n in expected]
+    assert len(operator) + len(gitops) + 1 == len(bindings)
 
 
 def test_cluster_wide_only_when_asked(rendered):
     bindings = grants(rendered["cluster-wide"])["grants"]
     assert sorted(g["role"] for g in bindings) == ["ClusterRole/rewind-operator",
-                                                   "ClusterRole/rewind-operator-discovery"]
+                                                   "ClusterRole/rewind-operator-discovery",
+                                                   "ClusterRole/rewind-operator-gitops"]
     assert all(g["scope"] == "cluster" for g in bindings)
     discovery = next(g for g in bindings if g["role"].endswith("-discovery"))
     assert any(r["resources"] == ["clusterkopfpeerings"] for r in discovery["rules"])
@@ -191,6 +196,16 @@ def test_cluster_wide_only_when_asked(rendered):
 def test_every_binding_is_the_operators_service_account(rendered, name):
     for g in grants(rendered[name])["grants"]:
         assert g["subjects"] == ["ServiceAccount rewind-system/rewind-operator"], g
+
+
+def test_gitops_owner_namespaces_get_only_the_gitops_role(helm):
+    docs = rbac_docs(helm, ["--set", "watchNamespaces={booking}", "--set", "gitops.ownerNamespaces={argocd,flux-system}"])
+    bindings = grants(docs)["grants"]
+    assert sorted(g["scope"] for g in bindings if g["role"] == "ClusterRole/rewind-operator-gitops") == \
+        ["namespace argocd", "namespace booking", "namespace flux-system"]
+    assert [g["scope"] for g in bindings if g["role"] == "ClusterRole/rewind-operator"] == ["namespace booking"]
+    rules = next(g for g in bindings if g["role"] == "ClusterRole/rewind-operator-gitops")["rules"]
+    assert all(set(r["verbs"]) == {"get", "patch"} for r in rules)
 
 
 def test_the_peoples_roles(rendered):

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rewind.api.v1alpha1 import DNS_LABEL, DNS_SUBDOMAIN, Requester, Severity, _cel, _Model
+from rewind.api.v1alpha1 import DNS_LABEL, DNS_SUBDOMAIN, GitOpsMode, Requester, Severity, _cel, _Model
 
 POLICY_KIND, POLICY_PLURAL = "RollbackPolicy", "rollbackpolicies"
 CLUSTER_POLICY_KIND, CLUSTER_POLICY_PLURAL = "ClusterRollbackPolicy", "clusterrollbackpolicies"
@@ -79,6 +79,20 @@ class EgressRule(_Model):
         return v
 
 
+class MissingPermission(str, Enum):
+    REFUSE = "Refuse"
+    WARN = "Warn"
+
+
+class GitOpsPolicy(_Model):
+    mode: GitOpsMode = Field(GitOpsMode.SUSPEND, description="For targets Argo CD or Flux manages, "
+                             "unless the Rollback says otherwise: Suspend the owner's automated sync "
+                             "(default), Refuse, or Ignore.")
+    missing_permission: MissingPermission = Field(
+        MissingPermission.REFUSE, description="A requester who may not patch the owner (to suspend "
+        "it): Refuse the rollback (default), or Warn and roll back without suspending.")
+
+
 class RollbackPolicySpec(_Model):
     severities: list[SeverityRule] = Field(
         default_factory=list, max_length=4,
@@ -95,6 +109,9 @@ class RollbackPolicySpec(_Model):
     job_images: list[Annotated[str, Field(min_length=1, max_length=512)]] | None = Field(
         None, max_length=32, description="Images database Jobs may run (exact, or a prefix ending in "
                                          "'@sha256:' or ':'). Default: the operator's --job-image.")
+
+    gitops: GitOpsPolicy = Field(default_factory=GitOpsPolicy,
+                                 description="Targets that Argo CD or Flux manages.")
 
     def rule(self, severity: str) -> SeverityRule:
         for r in self.severities:

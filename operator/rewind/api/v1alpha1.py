@@ -518,6 +518,20 @@ class Monitoring(_Model):
     alertmanager: AlertmanagerSilence | None = None
 
 
+class GitOpsMode(str, Enum):
+    SUSPEND = "Suspend"   # suspend the owner's automated sync for the rollback; it stays suspended after
+    REFUSE = "Refuse"     # refuse to roll back a target that Argo CD or Flux manages
+    IGNORE = "Ignore"     # roll back anyway, with a warning: the owner may put Git's state back
+
+
+class GitOpsSpec(_Model):
+    """What to do about Argo CD or Flux managing a target (default: the policy's gitops.mode)."""
+
+    mode: GitOpsMode | None = Field(None, description="Suspend (the owner's automated sync, until "
+                                    "Git matches or a person resumes it), Refuse or Ignore. "
+                                    "Default: the policy's.")
+
+
 class Requester(_Model):
     """A user as the API server authenticated them (request.userInfo), stamped at admission by
     the MutatingAdmissionPolicy rewind-requester; never set by hand (a forged one is overwritten,
@@ -570,6 +584,12 @@ class RollbackSpec(_Model):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
     maintenance: Maintenance | None = None
     monitoring: Monitoring | None = None
+    gitops: GitOpsSpec | None = None
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=253, description="A Rollback with the key of one that already "
+        "ran in this namespace (even one since deleted: re-synced, pruned and re-created, or a "
+        "second copy) ends AlreadyApplied, changing nothing. Default for a Rollback that Argo CD or "
+        "Flux applied (their tracking label or annotation): its name.")
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -619,6 +639,8 @@ class StepKind(str, Enum):
     MAINTENANCE_EXIT = "MaintenanceExit"
     MONITORING_SUSPEND = "MonitoringSuspend"
     MONITORING_RESUME = "MonitoringResume"
+    GITOPS_SUSPEND = "GitOpsSuspend"
+    GITOPS_HOLD = "GitOpsHold"
 
 
 class StepAction(str, Enum):
@@ -642,6 +664,16 @@ class SecretChange(_Model):
     fingerprint: str | None = Field(None, description="For a certificate: SHA-256 of the restored leaf.")
 
 
+class GitOpsOwner(_Model):
+    """The Argo CD Application or Flux Kustomization/HelmRelease that manages some targets."""
+
+    kind: str = Field(description="Application, Kustomization or HelmRelease.")
+    namespace: str
+    name: str
+    manages: list[str] = Field(default_factory=list, description="The targets it manages, as Kind/name.")
+    must_change_in_git: str | None = Field(None, description="What Git must hold before its sync is resumed.")
+
+
 class PlanStep(_Model):
     """One step of the plan, resolved at preflight and fixed when the run starts."""
 
@@ -662,6 +694,7 @@ class PlanStep(_Model):
                                              "maintenance, resume monitoring).")
     spec_key: str | None = Field(None, description="Which spec entry the step carries out (a check's, "
                                                    "an action's or a workload's name).")
+    owner: GitOpsOwner | None = Field(None, description="For a GitOps step: the owner it suspends or holds.")
 
 
 class StepState(str, Enum):
@@ -786,6 +819,20 @@ class TargetLease(_Model):
     target: str = Field(description="What it guards, e.g. Deployment booking/web.")
 
 
+class GitOpsRecord(_Model):
+    """An owner whose automated sync Rewind suspended: recorded before the change, so that it can
+    be put back exactly (`kubectl rewind resume-sync`); never resumed by the operator."""
+
+    kind: str
+    namespace: str
+    name: str
+    previous: str = Field(description="Its sync setting before the suspension, as JSON: Argo CD's "
+                                      "spec.syncPolicy.automated, Flux's spec.suspend.")
+    suspended_at: datetime.datetime | None = Field(None, description="When the suspension was written.")
+    resumed: bool = False
+    must_change_in_git: str | None = Field(None, description="What Git must hold before its sync is resumed.")
+
+
 class RollbackStatus(_Model):
     observed_generation: int | None = None
     phase: Phase | None = None
@@ -811,6 +858,10 @@ class RollbackStatus(_Model):
     break_glass: bool | None = Field(None, description="Started before its approvals were in.")
     leases: list[TargetLease] = Field(default_factory=list, description="Targets held while running.")
     policy: str | None = Field(None, description="The policy the rollback runs under.")
+    gitops: list[GitOpsRecord] = Field(default_factory=list, description="GitOps owners whose sync "
+                                       "Rewind suspended; they stay suspended until a person resumes them.")
+    idempotency_key: str | None = Field(None, description="The key this rollback claimed (Lease "
+                                        "rewind-key-<hash> in the namespace).")
 
 
 class Rollback(BaseModel):

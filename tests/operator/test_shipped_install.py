@@ -98,9 +98,11 @@ def shipped_operator(cluster, api_client, namespace, rollback_crd, operator_as):
     args = [f"--namespace={namespace}" if a == f"--namespace={WATCHED}" else a for a in args]
 
     bindings = shipped_bindings()
-    assert sorted((b["kind"], b["metadata"].get("namespace")) for b in bindings) == [
-        ("ClusterRoleBinding", None), ("RoleBinding", WATCHED)], \
-        "manifests/rbac.yaml: one RoleBinding in the watched namespace, one cluster-wide (discovery)"
+    assert sorted((b["kind"], b["metadata"].get("namespace"), b["roleRef"]["name"]) for b in bindings) == [
+        ("ClusterRoleBinding", None, "rewind-operator-discovery"),
+        ("RoleBinding", WATCHED, "rewind-operator"), ("RoleBinding", WATCHED, "rewind-operator-gitops")], \
+        ("manifests/rbac.yaml: in the watched namespace the operator's role and its GitOps role (get, patch "
+         "Argo CD and Flux owners), and one cluster-wide binding (discovery)")
     for b in bindings:
         assert all(s["kind"] == "ServiceAccount" and s["name"] == container["serviceAccountName"]
                    for s in b["subjects"]), b["subjects"]

@@ -49,6 +49,8 @@ def pending(obj) -> bool:
     status = obj.get("status") or {}
     if status.get("phase") not in TERMINAL_PHASES:
         return True
+    if any(c.get("reason") == "InvalidSpec" for c in status.get("conditions") or []):
+        return False          # never read, never acted on (handlers._unreadable): nothing to send
     if any(n.get("state") in (None, "Pending") for n in status.get("notifications") or []):
         return True
     if status.get("phase") == Phase.PLANNED.value or not status.get("report"):

@@ -20,6 +20,7 @@ import time
 import traceback
 
 import kopf
+from pydantic import ValidationError
 
 from rewind import crashpoints, engine, history, metrics
 from rewind.context import Wait, utcnow
@@ -224,7 +225,13 @@ def run(stopped, body, namespace: str, name: str, **_) -> None:
                 obj = last if fresh else _read(k, namespace, name)
                 if obj is None or obj["metadata"].get("deletionTimestamp"):
                     return            # gone, or going: the deletion handler takes over
-                ctx = _context(k, obj)
+                try:
+                    ctx = _context(k, obj)
+                except ValidationError as e:
+                    # The API server stored what the operator cannot read (a CRD older or looser
+                    # than this operator): no retry makes it readable. Say so, once, and stop.
+                    _unreadable(k, obj, e)
+                    return
                 wait = engine.advance(ctx)
                 last = ctx.obj
             metrics.track(ctx.uid, ctx.status.phase if wait is not None else None, ctx.rollback.spec.severity,
@@ -306,7 +313,11 @@ def on_delete(body, namespace: str, name: str, **_) -> None:
             obj = _read(k, namespace, name)
             if obj is None:
                 return
-            wait = engine.abandon(_context(k, obj))
+            try:
+                ctx = _context(k, obj)
+            except ValidationError:
+                return            # never acted on (see _unreadable): nothing to undo
+            wait = engine.abandon(ctx)
     except Conflict:
         raise kopf.TemporaryError("the Rollback changed while it was being written", delay=0.5) from None
     except Exception as e:  # noqa: BLE001 - retried, then the deletion goes ahead
@@ -343,6 +354,27 @@ def track_secret(body, type: str | None, **_) -> None:
     if revision:
         log.info("Secret %s/%s: recorded revision %d", body["metadata"]["namespace"],
                  body["metadata"]["name"], revision)
+
+
+def _unreadable(k: Kube, obj: dict, error: ValidationError) -> None:
+    """Failed with InvalidSpec, written as a raw status patch (the model cannot hold this object);
+    nothing of the spec was acted on. The message names the fields, never their values."""
+    where = "; ".join(f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', 'invalid')}"
+                      for err in error.errors()[:5])
+    message = ("The operator cannot read this Rollback as stored (its CRD accepts what this operator's "
+               f"schema refuses): {where}. Nothing was done; fix the spec in a new Rollback, and "
+               "update the CRD to the operator's (kubectl apply -f crds/).")[:4000]
+    meta, now = obj["metadata"], utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
+    conditions = [{"type": t, "status": v, "reason": "InvalidSpec", "message": message,
+                   "lastTransitionTime": now, "observedGeneration": meta.get("generation", 1)}
+                  for t, v in (("Ready", "False"), ("Stalled", "True"))]
+    body = {"metadata": {"resourceVersion": meta["resourceVersion"]},
+            "status": {"phase": "Failed", "completedAt": now, "observedGeneration": meta.get("generation", 1),
+                       "conditions": conditions}}
+    log.error("rollback %s/%s: %s", meta["namespace"], meta["name"], message)
+    k.patch(ROLLBACKS, meta["namespace"], meta["name"], body, MERGE_PATCH, sub="status")
+    emit = _emitter(k, obj)
+    emit("Warning", "InvalidSpec", message)
 
 
 def _give_up(k: Kube, namespace: str, name: str, message: str) -> bool:

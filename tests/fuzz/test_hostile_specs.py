@@ -287,14 +287,8 @@ def test_every_mutated_spec_is_refused_or_fails_clearly(run, case):
     run(spec)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the API server stores a URL with a no-break space (its \\s is ASCII), which the operator's "
-    "model refuses (its \\s is Unicode): see test_schema_model.py's xfail, and its fix. The "
-    "operator retries the parse 12 times with backoff (minutes), then cannot record that it "
-    "stopped either (give_up parses it too): no status, no condition, ever; a deletion waits "
-    "through 12 retries of its own before it goes ahead without cleanup"))
 def test_a_spec_the_server_stores_is_one_the_operator_reads(run):
     spec = {"severity": "High", "reason": "r", "dryRun": True, "application": [{"name": "web"}],
             "verification": {"http": [{"name": "a", "url": "http://127.0.0.1:1/\xa0"}]}}
-    run.wait = 30       # a dry run settles in about a second; today it never does
+    run.wait = 30       # a dry run settles in about a second
     run(spec)

@@ -40,12 +40,6 @@ def test_model_reads_every_mutated_spec_the_crd_accepts(case):
 BASE = {"severity": "High", "reason": "r", "application": [{"name": "web"}]}
 
 
-@pytest.mark.xfail(strict=True, raises=ValidationError, reason=(
-    "the CRD's patterns say [^\\s]; the API server (Go RE2) reads \\s as [\\t\\n\\f\\r ], the model "
-    "(pydantic's Rust regex) as all of Unicode's whitespace, so the server stores URLs and "
-    "addresses with a no-break space, U+0085, U+2003 or \\v that the operator's model refuses. "
-    "Fix: spell the class out, [^\\t\\n\\f\\r ], in v1alpha1.py; make crd; then remove this xfail "
-    "and set fuzzspecs.GO_WHITESPACE_ONLY = True"))
 @pytest.mark.parametrize("char", ["\xa0", "\x85", "\u2003", "\v"])
 @pytest.mark.parametrize("field", ["url", "email"])
 def test_model_and_crd_agree_on_whitespace(field, char):

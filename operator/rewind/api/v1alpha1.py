@@ -299,7 +299,7 @@ class HttpCheck(_Measured):
     ]})
 
     name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
-    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://[^\s]+$")
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://[^\t\n\f\r ]+$")
     method: HttpMethod = HttpMethod.GET
     expect_status: int = Field(200, ge=100, le=599)
     body_contains: str | None = Field(None, max_length=1024)
@@ -418,8 +418,8 @@ class EmailTarget(_Model):
     ]})
 
     smtp: SmtpServer
-    sender: str = Field(alias="from", min_length=3, max_length=254, pattern=r"^[^@\s<>]+@[^@\s<>]+$")
-    to: list[Annotated[str, Field(max_length=254, pattern=r"^[^@\s<>]+@[^@\s<>]+$")]] = Field(
+    sender: str = Field(alias="from", min_length=3, max_length=254, pattern=r"^[^@\t\n\f\r <>]+@[^@\t\n\f\r <>]+$")
+    to: list[Annotated[str, Field(max_length=254, pattern=r"^[^@\t\n\f\r <>]+@[^@\t\n\f\r <>]+$")]] = Field(
         min_length=1, max_length=32)
 
 
@@ -448,7 +448,7 @@ class HttpCall(_Model):
         _cel("has(self.url) != has(self.urlSecretRef)", "give exactly one of url and urlSecretRef"),
     ]})
 
-    url: str | None = Field(None, max_length=2048, pattern=r"^https?://[^\s]+$")
+    url: str | None = Field(None, max_length=2048, pattern=r"^https?://[^\t\n\f\r ]+$")
     url_secret_ref: SecretKeyRef | None = None
     method: HttpMethod = HttpMethod.POST
     body: str | None = Field(None, max_length=8192, description="Request body, sent as JSON.")
@@ -495,7 +495,7 @@ class SilenceMatcher(_Model):
 class AlertmanagerSilence(_Model):
     """A silence created through Alertmanager's HTTP API (v2) and expired afterwards."""
 
-    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://[^\s]+$",
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://[^\t\n\f\r ]+$",
                      description="Alertmanager's base URL, e.g. http://alertmanager.monitoring:9093.")
     matchers: list[SilenceMatcher] = Field(min_length=1, max_length=16)
     max_duration_minutes: int = Field(120, ge=5, le=1440, description="The silence ends by itself "

@@ -143,6 +143,9 @@ def _report(args) -> int:
     if ref:
         try:
             sys.stdout.write(kube.get(CONFIG_MAPS, namespace, ref)["data"][KEY])
+            undone_by = (rb["metadata"].get("annotations") or {}).get(incident.UNDONE_BY)
+            if undone_by:   # noted on the object after this report was written
+                sys.stdout.write(f"\n**Undone by:** {namespace}/{undone_by} (noted after this report was written)\n")
             return 0
         except (KubeError, KeyError):
             print(f"note: the report ConfigMap {ref} cannot be read; rendering it from the "

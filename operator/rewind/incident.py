@@ -14,6 +14,10 @@ from rewind.api.v1alpha1 import Rollback
 HEADER = "# Incident Report - Emergency Rollback"
 NOT_RUN = ("NotRun", "Deleted")
 CHECK_KINDS = ("HttpCheck", "SqlCheck", "TlsCheck", "TlsVerify")
+# Set on a Rollback by `kubectl rewind undo` (with the caller's rights): the undo's name. The
+# report ConfigMap is written when a run ends, so an earlier report does not show it; the report
+# rendered from the object (`kubectl rewind report`, when the ConfigMap is gone) does.
+UNDONE_BY = "rewind.dev/undone-by"
 
 
 def _t(ts: datetime.datetime | None) -> str:
@@ -56,7 +60,13 @@ def render(obj: dict) -> str:
             f"**Requested by:** {spec.requester.username if spec.requester else '-'} (as the API server "
             f"authenticated them){f'; declared: {spec.requested_by}' if spec.requested_by else ''}",
             f"**Policy:** {st.policy or '-'}"
-            + (" — **BREAK-GLASS**: started before its approvals" if st.break_glass else ""), ""]
+            + (" — **BREAK-GLASS**: started before its approvals" if st.break_glass else "")]
+    if spec.undo_of:
+        out.append(f"**Undo of:** {meta['namespace']}/{spec.undo_of.name} (uid {spec.undo_of.uid})")
+    undone_by = (meta.get("annotations") or {}).get(UNDONE_BY)
+    if undone_by:
+        out.append(f"**Undone by:** {meta['namespace']}/{undone_by} (`kubectl rewind report {undone_by}`)")
+    out.append("")
     if st.approvals or st.approved_at:
         out += ["## Approvals", ""]
         out += [f"- {a.approver}, {a.role}: {a.decision} at {_t(a.at)} ({a.approval})"

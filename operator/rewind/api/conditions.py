@@ -121,6 +121,8 @@ WORKLOAD_PAUSED = "WorkloadPaused"
 """The Deployment is paused (`kubectl rollout pause`); resume it first, as kubectl requires."""
 FORBIDDEN = "Forbidden"
 """The operator lacks the RBAC permission it needs for a target."""
+KEPT_DATABASE_GONE = "KeptDatabaseGone"
+"""An undo's kept database (`<db>_pre_<uid8>`) no longer exists, or is not one Rewind kept."""
 
 # Failures during execution
 ROLLOUT_FAILED = "RolloutFailed"

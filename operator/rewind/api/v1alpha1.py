@@ -105,8 +105,24 @@ class PvcPath(_Model):
                           "!self.split('/').exists(p, p == '..')", "path must not contain '..'")]})
 
 
+class KeptDatabase(_Model):
+    name: str = Field(min_length=1, max_length=63, pattern=SQL_IDENTIFIER,
+                      description="A database an earlier rollback kept aside (`<db>_pre_<uid8>`, with "
+                                  "Rewind's comment on it), swapped back in as it is.")
+
+
 class BackupSource(_Model):
-    persistent_volume_claim: PvcPath = Field(description="A pg_dump custom-format file on a PVC.")
+    """Exactly one: a dump on a PVC (checked, restored into staging), or the database an earlier
+    rollback kept (what `kubectl rewind undo` uses: no check and no restore, it is swapped in)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("has(self.persistentVolumeClaim) != has(self.keptDatabase)",
+             "give exactly one of persistentVolumeClaim and keptDatabase"),
+    ]})
+
+    persistent_volume_claim: PvcPath | None = Field(None, description="A pg_dump custom-format file on a PVC.")
+    kept_database: KeptDatabase | None = Field(
+        None, description="Swap back in the database a rollback kept aside (an undo).")
 
 
 class DatabaseVerify(_Model):
@@ -146,6 +162,8 @@ class DatabaseSpec(_Model):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         _cel("self.preRollbackBackup || has(self.waiveBackupReason)",
              "preRollbackBackup may only be false with a waiveBackupReason"),
+        _cel("has(self.restoreFrom.persistentVolumeClaim) || has(self.backupTo) || !self.preRollbackBackup",
+             "restoreFrom.keptDatabase needs backupTo for the pre-rollback dump"),
     ]})
 
     connection: DatabaseConnection
@@ -542,6 +560,13 @@ class Requester(_Model):
     groups: list[Annotated[str, Field(max_length=1024)]] | None = Field(None, max_length=256)
 
 
+class UndoOf(_Model):
+    """The Rollback this one undoes (set by `kubectl rewind undo`)."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    uid: str = Field(min_length=1, max_length=64)
+
+
 class RollbackSpec(_Model):
     """What to roll back, why, and how urgently."""
 
@@ -590,6 +615,9 @@ class RollbackSpec(_Model):
         "ran in this namespace (even one since deleted: re-synced, pruned and re-created, or a "
         "second copy) ends AlreadyApplied, changing nothing. Default for a Rollback that Argo CD or "
         "Flux applied (their tracking label or annotation): its name.")
+    undo_of: UndoOf | None = Field(
+        None, description="The Rollback this one undoes: `kubectl rewind undo` sets it, with targets that "
+                          "put back what that one changed; the report links the two.")
 
 
 # --- status ----------------------------------------------------------------------------------

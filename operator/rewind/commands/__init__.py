@@ -1,4 +1,4 @@
-"""`kubectl rewind get | describe | watch | plan | abort | approve | deny | resume-sync`: the incident commands, with kubectl's
+"""`kubectl rewind get | describe | watch | plan | abort | approve | deny | resume-sync | undo`: the incident commands, with kubectl's
 habits (-n/--namespace, -A/--all-namespaces, -o yaml|json|wide|name, --kubeconfig, --context) and
 exit codes a script can use (see common.EXIT_CODES). They act with the caller's own credentials.
 """
@@ -11,7 +11,7 @@ import sys
 from rewind.commands import common
 
 COMMANDS = ("get", "describe", "watch", "plan", "abort", "approve", "deny", "leftovers", "cleanup",
-            "resume-sync")
+            "resume-sync", "undo")
 
 
 def _guarded(func):
@@ -130,13 +130,14 @@ def register(sub) -> None:
     common.add_connection_flags(p)
     p.set_defaults(func=_guarded(follow.run_abort))
 
-    from rewind.commands import approve, leftovers, resume_sync
+    from rewind.commands import approve, leftovers, resume_sync, undo
     approve.register(sub, _guarded, _fill, _epilog)
+    undo.register(sub, _guarded, _fill, _epilog)
     leftovers.register(sub, _guarded, _fill, _epilog)
     resume_sync.register(sub, _guarded, _fill, _epilog)
 
 
 EXIT_CODES_HELP = ("incident commands (as `kubectl rewind ...`): get, describe, watch, plan, abort, "
-                   "approve, deny, leftovers, cleanup, resume-sync; "
+                   "approve, deny, leftovers, cleanup, resume-sync, undo; "
                    "they take -n/--namespace, --kubeconfig, --context like kubectl.\n\n"
                    + common.EXIT_CODES)

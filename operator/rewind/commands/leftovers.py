@@ -138,7 +138,7 @@ def run_cleanup(args) -> int:
         raise CommandError(c.FAILED, "error: add --yes to remove them (this cannot be undone, and neither "
                                      "can the rollback afterwards). Nothing was removed.")
     spec = rb.spec.database
-    claim = claim or spec.restore_from.persistent_volume_claim.claim_name
+    claim = claim or names.backup_to(spec, s.namespace, args.name, uid)[0]
     env = [jobs.secret_env("DATABASE_URL", spec.connection.secret_ref.name, spec.connection.secret_ref.key),
            {"name": "DROP_DATABASES", "value": " ".join(drop)}]
     if dump_path:

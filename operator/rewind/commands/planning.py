@@ -66,24 +66,52 @@ def run_plan(args) -> int:
         raise CommandError(c.USAGE, f'error: the namespace from the provided object "{file_ns}" does not '
                                     f'match the namespace "{args.namespace}". You must pass '
                                     f"'--namespace={file_ns}' to perform this operation.")
-    namespace = file_ns or s.namespace
-    meta["namespace"] = namespace
-    label = meta.get("name") or f"{meta.get('generateName', '')}<generated>"
+    meta["namespace"] = file_ns or s.namespace
+    planned = evaluate(s, doc)
+    if planned.server_error is not None:
+        return _refused_by_server(args, planned.namespace, planned.name, planned.server_error)
+    return _report(args, planned, f"`kubectl apply -f {args.filename}` starts it.")
+
+
+@dataclass
+class Planned:
+    """What `evaluate` found: the server's answer, every preflight's outcome, the ordered plan."""
+
+    namespace: str
+    name: str
+    spec: object = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    steps: list = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    server_error: KubeError | None = None
+
+    @property
+    def would_run(self) -> bool:
+        return not self.server_error and not self.problems and not any(
+            o.refused or o.unchecked for o in self.outcomes)
+
+
+def evaluate(s, doc: dict) -> Planned:
+    """A server-side dry-run create of `doc` (metadata.namespace set), then every preflight with
+    the caller's credentials and the plan's order. Changes nothing."""
+    namespace = doc["metadata"]["namespace"]
+    label = doc["metadata"].get("name") or f"{doc['metadata'].get('generateName', '')}<generated>"
+    planned = Planned(namespace, label)
 
     # 1. The API server's own checks; nothing is persisted.
-    problems: list[str] = []
     try:
         accepted = s.kube.request("POST", ROLLBACKS.path(namespace), body=doc,
                                   query={"dryRun": "All", "fieldManager": "kubectl-rewind"})
     except KubeError as e:
         if e.conflict and e.reason == "AlreadyExists":
-            problems.append(f"a Rollback {namespace}/{label} already exists: applying this file would "
-                            "update it (a started Rollback's spec is immutable), not start a new one; "
-                            "give it another name")
+            planned.problems.append(f"a Rollback {namespace}/{label} already exists: applying this file would "
+                                    "update it (a started Rollback's spec is immutable), not start a new one; "
+                                    "give it another name")
             accepted = dict(doc)
         else:
-            return _refused_by_server(args, namespace, label, e)
-    name = accepted["metadata"].get("name") or label
+            planned.server_error = e
+            return planned
+    planned.name = accepted["metadata"].get("name") or label
 
     from rewind.api.v1alpha1 import RollbackSpec
     from pydantic import ValidationError
@@ -91,9 +119,10 @@ def run_plan(args) -> int:
     try:
         spec = RollbackSpec.model_validate(accepted.get("spec") or {})
     except ValidationError as e:
-        problems.append(f"the operator cannot read the spec: {e.errors()[0].get('msg')} at "
-                        f"spec.{'.'.join(str(x) for x in e.errors()[0].get('loc', ()))}")
-        return _report(args, namespace, name, None, [], [], problems)
+        planned.problems.append(f"the operator cannot read the spec: {e.errors()[0].get('msg')} at "
+                                f"spec.{'.'.join(str(x) for x in e.errors()[0].get('loc', ()))}")
+        return planned
+    planned.spec = spec
 
     # 2. Every preflight, with the caller's credentials.
     from rewind import plan as planning, registry
@@ -109,8 +138,8 @@ def run_plan(args) -> int:
         print(f"warning: {e.message} Planning under the seed's decision matrix instead.", file=sys.stderr)
         from rewind.api.policy import SEED_POLICY
         policy = SEED_POLICY
-    request = Request(namespace, name, "plan", spec, policy, authz.job_images(policy))
-    outcomes, found = [], []
+    request = Request(namespace, planned.name, "plan", spec, policy, authz.job_images(policy))
+    found = []
     for preflight in registry.PREFLIGHTS:
         o = Outcome(module=preflight.__module__.split(".")[2])
         try:
@@ -126,13 +155,12 @@ def run_plan(args) -> int:
             o.unchecked = f"the API server answered {e.status} {e.reason}: {e.message}"
         except Exception as e:  # noqa: BLE001 - a bug or an unreachable system: say so, do not crash
             o.unchecked = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else 'no detail'}"
-        outcomes.append(o)
-    steps = []
+        planned.outcomes.append(o)
     try:
-        steps = planning.order(found)
+        planned.steps = planning.order(found)
     except ValueError as e:
-        problems.append(str(e))
-    return _report(args, namespace, name, spec, outcomes, steps, problems)
+        planned.problems.append(str(e))
+    return planned
 
 
 def _refused_by_server(args, namespace: str, name: str, e: KubeError) -> int:
@@ -154,7 +182,10 @@ def _dump(args, doc: dict) -> None:
         sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
 
 
-def _report(args, namespace, name, spec, outcomes: list[Outcome], steps, problems: list[str]) -> int:
+def _report(args, planned: Planned, start_hint: str) -> int:
+    """Prints the plan (or dumps it as JSON/YAML); returns the exit code."""
+    namespace, name, spec, outcomes, steps, problems = (planned.namespace, planned.name, planned.spec,
+                                                        planned.outcomes, planned.steps, planned.problems)
     refused = [o for o in outcomes if o.refused]
     unchecked = [o for o in outcomes if o.unchecked]
     warnings = [w for o in outcomes for w in o.warnings]
@@ -222,7 +253,7 @@ def _report(args, namespace, name, spec, outcomes: list[Outcome], steps, problem
     for w in warnings:
         add(f"Warning: {w}")
     if would_run:
-        add(f"It would run: `kubectl apply -f {args.filename}` starts it.")
+        add(f"It would run: {start_hint}")
     else:
         add("Refused: applying it now would end Failed before changing anything:" if refused or problems
             else "Not confirmed: some steps could not be checked from here:")

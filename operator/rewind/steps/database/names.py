@@ -19,6 +19,19 @@ def pre_name(live: str, uid: str) -> str:
     return f"{live[:44]}_pre_{uid8(uid)}"
 
 
+def is_kept(comment: str | None, live: str) -> bool:
+    """Whether a database is one a rollback of `live` kept aside (whichever rollback): the swap
+    (adapters.db.swap) comments it `rewind:<uid>:pre-rollback copy of <live>`."""
+    return bool(comment and comment.startswith("rewind:") and comment.endswith(f":pre-rollback copy of {live}"))
+
+
+def staging_of(spec: DatabaseSpec, live: str, uid: str) -> str:
+    """The database the swap brings in: this rollback's staging one, or the kept one (an undo)."""
+    if spec.restore_from.kept_database:
+        return spec.restore_from.kept_database.name
+    return staging_name(live, uid)
+
+
 def job_name(uid: str, what: str) -> str:
     return f"rewind-{uid8(uid)}-{what}"
 
@@ -30,7 +43,7 @@ def staging_comment(uid: str) -> str:
 
 def backup_to(spec: DatabaseSpec, namespace: str, name: str, uid: str) -> tuple[str, str]:
     """(claim, path) of the pre-rollback dump: where the spec says, else next to the backups."""
-    if spec.backup_to:
+    if spec.backup_to or not spec.restore_from.persistent_volume_claim:   # CEL: one of the two
         return spec.backup_to.claim_name, spec.backup_to.path
     return (spec.restore_from.persistent_volume_claim.claim_name,
             f"rewind/{namespace}/{name}-{uid8(uid)}/pre-rollback.dump")

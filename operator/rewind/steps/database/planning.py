@@ -13,7 +13,7 @@ from rewind.api.v1alpha1 import DatabaseSpec, PlanStep, StepAction, StepKind, Ta
 from rewind.context import Found, Request, StepFailed
 from rewind.steps.database import connection
 from rewind.steps.database.connection import MAINTENANCE_DB
-from rewind.steps.database.names import job_name, pre_name, staging_comment, staging_name
+from rewind.steps.database.names import is_kept, job_name, pre_name, staging_comment, staging_name
 
 
 def preflight(kube: Kube, req: Request) -> Found:
@@ -45,23 +45,34 @@ def resolve(kube: Kube, ns: str, uid: str, spec: DatabaseSpec, rules) -> list[Pl
         if not db.can_swap(conn, live):
             raise StepFailed(C.FORBIDDEN, f"role {target.user!r} may not rename database {live!r}: "
                                           "it needs CREATEDB and to own the database (or be superuser)")
-        for name, what in ((staging_name(live, uid), "staging"), (pre_name(live, uid), "pre-rollback")):
+        kept = spec.restore_from.kept_database
+        names = [(pre_name(live, uid), "pre-rollback")] + ([] if kept else [(staging_name(live, uid), "staging")])
+        for name, what in names:
             exists, comment = db.database_comment(conn, name)
             if exists and comment != staging_comment(uid):
                 raise StepFailed("StagingNameTaken", f"the {what} database name {name!r} is already "
                                                      "taken by a database Rewind did not create")
+        if kept:
+            exists, comment = db.database_comment(conn, kept.name)
+            if not exists:
+                raise StepFailed(C.KEPT_DATABASE_GONE, f"the kept database {kept.name!r} is gone (dropped "
+                                 "by `kubectl rewind cleanup` or by hand); there is nothing to swap back in")
+            if not is_kept(comment, live):
+                raise StepFailed(C.KEPT_DATABASE_GONE, f"database {kept.name!r} is not one a rollback of "
+                                 f"{live!r} kept aside (its comment is not Rewind's); it is not swapped in")
     target_ref = TargetRef(kind="Database", name=live)
-    steps = [PlanStep(name="database/check", kind=StepKind.DATABASE_CHECK, target=target_ref,
-                      action=StepAction.RESTORE, job_name=job_name(uid, "check"))]
+    steps = [] if kept else [PlanStep(name="database/check", kind=StepKind.DATABASE_CHECK, target=target_ref,
+                                      action=StepAction.RESTORE, job_name=job_name(uid, "check"))]
     if spec.pre_rollback_backup:
         steps.append(PlanStep(name="database/backup", kind=StepKind.DATABASE_BACKUP, target=target_ref,
                               action=StepAction.RESTORE, job_name=job_name(uid, "backup")))
-    steps.append(PlanStep(name="database/restore", kind=StepKind.DATABASE_RESTORE, target=target_ref,
-                          action=StepAction.RESTORE, job_name=job_name(uid, "restore")))
+    if not kept:
+        steps.append(PlanStep(name="database/restore", kind=StepKind.DATABASE_RESTORE, target=target_ref,
+                              action=StepAction.RESTORE, job_name=job_name(uid, "restore")))
     if spec.verify:
         steps.append(PlanStep(name="database/verify", kind=StepKind.DATABASE_VERIFY,
                               target=target_ref, action=StepAction.RESTORE))
-    for action in spec.after_restore or []:
+    for action in [] if kept else spec.after_restore or []:   # the kept database goes back as it is
         steps.append(PlanStep(name=f"database/action/{action.name}", kind=StepKind.DATABASE_ACTION,
                               target=target_ref, action=StepAction.RESTORE, spec_key=action.name))
     steps.append(PlanStep(name="database/swap", kind=StepKind.DATABASE_SWAP, target=target_ref,

@@ -34,7 +34,7 @@ from rewind.api.v1alpha1 import PlanStep, StepRecord
 from rewind.context import Context, StepFailed, Wait
 from rewind.steps.database import connection, state
 from rewind.steps.database.connection import MAINTENANCE_DB
-from rewind.steps.database.names import pre_name, staging_comment, staging_name
+from rewind.steps.database.names import is_kept, pre_name, staging_comment, staging_of
 
 # How long production may stay closed to new sessions while the remaining ones end.
 SESSIONS_WAIT = datetime.timedelta(seconds=10)
@@ -46,7 +46,7 @@ LOCK_TIMEOUT = "5s"
 def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     spec = state.spec(ctx)
     live = step.target.name
-    staging, pre = staging_name(live, ctx.uid), pre_name(live, ctx.uid)
+    staging, pre = staging_of(spec, live, ctx.uid), pre_name(live, ctx.uid)
     ctx.begin(step, rec, f"Swapping {staging} in as {live}; the current {live} becomes {pre}.", C.DATABASE_RESTORED)
     target = connection.target(ctx.kube, ctx.namespace, spec)
     with db.connect(target, MAINTENANCE_DB) as conn:
@@ -59,8 +59,9 @@ def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
             if fence is None:
                 db.ledger_advance(conn, ctx.uid, "swap", None, "swapping")
             exists, comment = db.database_comment(conn, staging)
-            if not exists or comment != staging_comment(ctx.uid):
-                raise StepFailed(C.INTERRUPTED, f"the staging database {staging} is not there as "
+            fenced = is_kept(comment, live) if spec.restore_from.kept_database else comment == staging_comment(ctx.uid)
+            if not exists or not fenced:
+                raise StepFailed(C.INTERRUPTED, f"the database {staging} to swap in is not there as "
                                                 "Rewind left it; nothing was renamed")
             try:
                 _staging_free(conn, live, staging)
@@ -149,4 +150,4 @@ def release_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> None:
     stay closed to connections by a swap that will not go on."""
     spec = state.spec(ctx)
     _reopen_after_failed_swap(connection.target(ctx.kube, ctx.namespace, spec), step.target.name, ctx.uid,
-                              staging_name(step.target.name, ctx.uid))
+                              staging_of(spec, step.target.name, ctx.uid))

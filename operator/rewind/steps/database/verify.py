@@ -9,12 +9,12 @@ from rewind.api import conditions as C
 from rewind.api.v1alpha1 import PlanStep, StepRecord, VerificationResult
 from rewind.context import Context, StepFailed, Wait
 from rewind.steps.database import connection, state
-from rewind.steps.database.names import staging_name
+from rewind.steps.database.names import staging_of
 
 
 def advance_verify(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     spec = state.spec(ctx)
-    staging = staging_name(step.target.name, ctx.uid)
+    staging = staging_of(spec, step.target.name, ctx.uid)
     ctx.begin(step, rec, f"Verifying the staging database {staging}.", C.DATABASE_RESTORED)
     target = connection.target(ctx.kube, ctx.namespace, spec)
     expected = (ctx.status.database.backup_row_counts if ctx.status.database else None) or {}

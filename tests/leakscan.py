@@ -229,6 +229,9 @@ class LeakScan:
         self.stop()
 
     def stop(self) -> None:
+        """Idempotent (a test may stop it, and its finalizer again)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         for t in self._threads:
             t.join(30)

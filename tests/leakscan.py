@@ -169,6 +169,7 @@ class LeakScan:
     def __init__(self, cluster, api_client, namespace: str, postgres=None):
         self.namespace, self._api, self._postgres = namespace, api_client, postgres
         self.versions: list[tuple[str, dict]] = []
+        self._errors: list[str] = []
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._audit = Tail(cluster.audit_log) if cluster.audit_log else None
         self._pg_log = None
@@ -178,7 +179,8 @@ class LeakScan:
         self._threads = []
         for kind in WATCHED:
             ready = threading.Event()
-            t = threading.Thread(target=self._watch, args=(kind, ready), daemon=True, name=f"leakscan-{kind}")
+            t = threading.Thread(target=self._guarded_watch, args=(kind, ready), daemon=True,
+                                 name=f"leakscan-{kind}")
             t.start()
             ready.wait(30)
             assert ready.is_set(), f"the watch of {kind} never started"
@@ -196,6 +198,15 @@ class LeakScan:
     def _record(self, kind: str, obj: dict) -> None:
         with self._lock:
             self.versions.append((kind, obj))
+
+    def _guarded_watch(self, kind: str, ready: threading.Event) -> None:
+        """A watch that broke would see nothing more: stop() says so (the error's kind only, as
+        an API error can carry an object)."""
+        try:
+            self._watch(kind, ready)
+        except Exception as e:
+            if not self._stop.is_set():
+                self._errors.append(f"the watch of {kind} broke: {type(e).__name__} {getattr(e, 'status', '')}")
 
     def _watch(self, kind: str, ready: threading.Event) -> None:
         list_fn = self._list_fn(kind)
@@ -237,6 +248,7 @@ class LeakScan:
             t.join(30)
         if self._postgres is not None:
             _log_statements(self._postgres, None)
+        assert not self._errors, self._errors
 
     def sources(self) -> Iterator[Source]:
         """Every watched version, the audit log, the PostgreSQL log since the start."""

@@ -217,7 +217,8 @@ def test_the_peoples_roles(rendered):
     assert requester["rules"] == [
         {"apiGroups": ["rewind.dev"], "resources": ["rollbacks"],
          "verbs": ["create", "get", "list", "watch", "patch", "delete"]},
-        {"apiGroups": ["rewind.dev"], "resources": ["rollbackapprovals"], "verbs": ["get", "list", "watch"]}]
+        {"apiGroups": ["rewind.dev"], "resources": ["rollbackapprovals"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["rewind.dev"], "resources": ["rollbackpolicies"], "verbs": ["get"]}]
     for role in APPROVAL_ROLES:
         approver = unbound[f"ClusterRole/rewind-approver-{role}"]
         assert approver["labels"] == {"rewind.dev/role": "approver", "rewind.dev/approval-role": role}
@@ -226,7 +227,10 @@ def test_the_peoples_roles(rendered):
                 "verbs": [APPROVE_VERB]} in approver["rules"]
         approve_rules = [r for r in approver["rules"] if APPROVE_VERB in r["verbs"]]
         assert all(r.get("resourceNames") == [role] for r in approve_rules), approver
-    # No person's role reaches status, policies or anything but Rollbacks and approvals.
+    # No person's role reaches status, or anything but Rollbacks and approvals, and reading the
+    # namespace's policy (plan and undo preflight under it); nobody may change a policy.
     for u in unbound.values():
         for r in u["rules"]:
-            assert set(r["resources"]) <= {"rollbacks", "rollbackapprovals"}, u
+            assert set(r["resources"]) <= {"rollbacks", "rollbackapprovals", "rollbackpolicies"}, u
+            if "rollbackpolicies" in r["resources"]:
+                assert r["verbs"] == ["get"], u

@@ -19,6 +19,9 @@ fuzz: bootstrap  ## the long fuzz tier: 500 generated specs per test (make test 
 demo: bootstrap  ## the end-to-end demo: the booking app rolled back on the local control plane
 	$(PY) examples/booking/demo.py
 
+demo-undo: bootstrap  ## the demo, then the whole rollback undone (kubectl rewind undo) and compared
+	$(PY) examples/booking/demo.py --undo
+
 bench: bootstrap  ## benchmarks (not tests): Rewind against the manual alternative, side by side
 	$(PY) bench/workload_undo.py
 	$(PY) bench/api_requests.py

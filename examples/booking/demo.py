@@ -68,8 +68,8 @@ def step(text: str) -> None:
 
 
 class Demo:
-    def __init__(self, cp: ControlPlane):
-        self.cp = cp
+    def __init__(self, cp: ControlPlane, name: str = NAME):
+        self.cp, self.name = cp, name
 
     def kubectl(self, *args: str, show: bool = True, input: str | None = None) -> str:
         if show:
@@ -82,7 +82,7 @@ class Demo:
         return out.stdout
 
     def rollback(self) -> dict:
-        return json.loads(self.kubectl("get", "rollback", NAME, "-n", NS, "-o", "json", show=False))
+        return json.loads(self.kubectl("get", "rollback", self.name, "-n", NS, "-o", "json", show=False))
 
 
 def watch(demo: Demo, timeout: float = 300) -> dict:
@@ -126,6 +126,47 @@ def wait_phase(demo: "Demo", phases: set[str], timeout: float = 120) -> dict:
             return rb
         time.sleep(0.3)
     raise SystemExit(f"the rollback did not reach {phases} in time")
+
+
+def state_of(demo: "Demo", pg: PostgresServer) -> dict:
+    """What an undo must bring back exactly: the Deployment's pod template, the OAuth Secret's
+    data (as a hash), and the database's rows (as checksums); never a value printed."""
+    import hashlib
+
+    dep = json.loads(demo.kubectl("get", "deployment", "appointmentbooking", "-n", NS, "-o", "json", show=False))
+    secret = json.loads(demo.kubectl("get", "secret", "google-oauth", "-n", NS, "-o", "json", show=False))
+    with pg.connect(DB) as conn:
+        tables = {t: conn.execute(f"SELECT md5(coalesce(string_agg(x::text, ',' ORDER BY x::text), '')) "
+                                  f"FROM {t} x").fetchone()[0]
+                  for t in ("appointments", "users", "calendar_connections")}
+    return {"template": dep["spec"]["template"],
+            "secret": hashlib.sha256(json.dumps(secret["data"], sort_keys=True).encode()).hexdigest(),
+            "tables": tables}
+
+
+def undo_scene(demo: "Demo", cp: ControlPlane, pg: PostgresServer, alice: Path, bob: Path, before: dict) -> bool:
+    step("It was the wrong call: alice undoes the whole rollback (kubectl rewind undo)")
+    say(f"$ kubectl rewind undo {NAME} -n {NS}   # as alice")
+    out = subprocess.run([sys.executable, "-m", "rewind.cli", "undo", NAME, "-n", NS, "--reason",
+                          "the outage was elsewhere", "--kubeconfig", str(alice)], capture_output=True, text=True)
+    say((out.stdout + out.stderr).rstrip())
+    if out.returncode != 0:
+        return False
+    undo = f"{NAME}-undo"
+    demo_undo = Demo(cp, undo)
+    rb = wait_phase(demo_undo, {"AwaitingApproval", "Failed", "Succeeded"})
+    if rb["status"]["phase"] == "AwaitingApproval":
+        say(f"\n$ kubectl rewind approve {undo} -n {NS} --role devops-lead   # as bob")
+        out = subprocess.run([sys.executable, "-m", "rewind.cli", "approve", undo, "-n", NS, "--role",
+                              "devops-lead", "--kubeconfig", str(bob)], capture_output=True, text=True)
+        say((out.stdout + out.stderr).rstrip())
+    rb = watch(demo_undo)
+    demo.kubectl("get", "rollbacks", "-n", NS)
+    after = state_of(demo, pg)
+    same = {k: after[k] == before[k] for k in before}
+    say("\nAfter the undo, compared with before the first rollback: "
+        + ", ".join(f"{k} {'identical' if v else 'DIFFERENT'}" for k, v in same.items()))
+    return rb["status"]["phase"] == "Succeeded" and all(same.values())
 
 
 def run(args) -> int:
@@ -239,6 +280,7 @@ def run(args) -> int:
             if "email" in n:
                 n["email"]["smtp"]["host"] = "localhost"   # the name on the demo's certificate
         say("(applied with the in-cluster addresses pointed at the local stand-ins)")
+        before_rollback = state_of(demo, pg)
         say("$ kubectl apply -f rollback.yaml   # as alice")
         as_user(cp, alice, "apply", "-f", "-", input=yaml.safe_dump(manifest))
 
@@ -308,6 +350,8 @@ def run(args) -> int:
         ok = rb["status"]["phase"] == "Succeeded"
         say(f"\nRollback {rb['status']['phase']} in {rb['status'].get('duration')} "
             f"(target for {rb['spec']['severity']}: 15m; within target: {rb['status'].get('withinTarget')}).")
+        if args.undo and ok:
+            ok = undo_scene(demo, cp, pg, alice, bob, before_rollback)
         if args.keep:
             say(f"\nStill running. export KUBECONFIG={cp.kubeconfig}; export PATH={bin_dir}:$PATH")
             say("Press Ctrl-C to stop.")
@@ -338,6 +382,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="leave the cluster running at the end")
+    parser.add_argument("--undo", action="store_true", help="then undo the whole rollback (kubectl rewind "
+                                                            "undo), approved by the DevOps Lead, and compare")
     return run(parser.parse_args())
 
 

@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap test unit fuzz demo cluster crd manifests clean bench
+.PHONY: bootstrap test unit fuzz demo demo-undo cluster crd manifests clean bench
 
 bootstrap:
 	bash scripts/bootstrap.sh

@@ -123,8 +123,12 @@ def audit_writes(cluster, namespace: str, resource: str, name: str | None = None
     if not path or not path.exists():
         return None
     out = []
-    for line in path.read_text().splitlines():
-        if namespace not in line:
+    text = path.read_text()
+    # The API server may be writing the last line as we read: only whole lines count.
+    # Lines end with "\n" only: str.splitlines would also split inside a request body holding
+    # U+0085 or U+2028, which JSON leaves unescaped.
+    for line in text[:text.rfind("\n") + 1].split("\n"):
+        if not line or namespace not in line:
             continue        # cheap: the log holds the whole session's writes
         ev = json.loads(line)
         ref = ev.get("objectRef") or {}

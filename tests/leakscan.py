@@ -128,12 +128,17 @@ class Tail:
             return ""
         with open(self.path, "rb") as f:
             f.seek(self.offset)
-            return f.read().decode(errors="replace")
+            data = f.read()
+        # A writer may be in the middle of the last line: only whole lines (a log ends each one).
+        return data[:data.rfind(b"\n") + 1].decode(errors="replace")
 
 
 def audit_sources(tail: Tail, namespace: str) -> Iterator[Source]:
     """Every audited request since `tail` began, in `namespace` or cluster-scoped."""
-    for n, line in enumerate(tail.text().splitlines(), 1):
+    # "\n" only: str.splitlines would split inside a body holding U+0085 or U+2028.
+    for n, line in enumerate(tail.text().split("\n"), 1):
+        if not line:
+            continue
         ev = json.loads(line)
         ref = ev.get("objectRef") or {}
         if ref.get("namespace") in (None, namespace):

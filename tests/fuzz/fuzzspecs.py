@@ -61,6 +61,13 @@ CEL_AS_JSON_SCHEMA: dict[str, dict] = {
                    {"properties": {"preRollbackBackup": {"const": True}}},
                    _required("waiveBackupReason")]},
     "has(self.toRevision) != has(self.fromSecret)": _exactly_one("toRevision", "fromSecret"),
+    "has(self.persistentVolumeClaim) != has(self.keptDatabase)":
+        _exactly_one("persistentVolumeClaim", "keptDatabase"),
+    # preRollbackBackup defaults to true before the rule runs: only an explicit false waives it.
+    "has(self.restoreFrom.persistentVolumeClaim) || has(self.backupTo) || !self.preRollbackBackup":
+        {"anyOf": [{"properties": {"restoreFrom": _required("persistentVolumeClaim")}},
+                   _required("backupTo"),
+                   {**_required("preRollbackBackup"), "properties": {"preRollbackBackup": {"const": False}}}]},
     "!(has(self.caFromSecret) && self.caFromSecret && has(self.pinnedFingerprintSha256))":
         {"not": {**_required("caFromSecret", "pinnedFingerprintSha256"),
                  "properties": {"caFromSecret": {"const": True}}}},

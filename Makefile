@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap test unit fuzz demo demo-undo cluster crd manifests clean bench
+.PHONY: bootstrap test unit fuzz demo demo-undo demo-gitops cluster crd manifests clean bench
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -21,6 +21,9 @@ demo: bootstrap  ## the end-to-end demo: the booking app rolled back on the loca
 
 demo-undo: bootstrap  ## the demo, then the whole rollback undone (kubectl rewind undo) and compared
 	$(PY) examples/booking/demo.py --undo
+
+demo-gitops: bootstrap  ## the demo with Argo CD managing the app: its sync suspended, held, resumed by hand
+	$(PY) examples/booking/demo.py --gitops
 
 bench: bootstrap  ## benchmarks (not tests): Rewind against the manual alternative, side by side
 	$(PY) bench/workload_undo.py

@@ -128,6 +128,52 @@ def wait_phase(demo: "Demo", phases: set[str], timeout: float = 120) -> dict:
     raise SystemExit(f"the rollback did not reach {phases} in time")
 
 
+ARGO_NS = "argocd"
+
+
+def gitops_setup(demo: "Demo") -> None:
+    """Argo CD manages the booking Deployment, with automated sync and self-heal: its real
+    Application CRD and object (Argo CD's controller does not run here, so nothing re-syncs; the
+    tests show what a re-sync does with a stand-in controller)."""
+    step("Argo CD manages the booking app (automated sync, self-heal): its Application, and the tracking id")
+    demo.kubectl("apply", "--server-side", "-f", str(REPO / "testbed" / "crds" / "argocd-application.yaml"), show=False)
+    for _ in range(120):   # kubectl wait errors out at once while a new CRD has no conditions yet
+        if demo.cp.kubectl("wait", "--for=condition=Established", "crd/applications.argoproj.io",
+                           "--timeout=10s", check=False).returncode == 0:
+            break
+        time.sleep(0.5)
+    demo.kubectl("create", "namespace", ARGO_NS)
+    app = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+           "metadata": {"name": "booking", "namespace": ARGO_NS},
+           "spec": {"project": "default",
+                    "source": {"repoURL": "https://git.example.com/instyle/booking.git", "path": "deploy",
+                               "targetRevision": "main"},
+                    "destination": {"server": "https://kubernetes.default.svc", "namespace": NS},
+                    "syncPolicy": {"automated": {"prune": True, "selfHeal": True}}}}
+    demo.kubectl("apply", "-f", "-", input=yaml.safe_dump(app))
+    demo.kubectl("annotate", "deployment", "appointmentbooking", "-n", NS,
+                 f"argocd.argoproj.io/tracking-id=booking:apps/Deployment:{NS}/appointmentbooking")
+    # alice may suspend it herself (Rewind acts only within her rights).
+    demo.kubectl("create", "role", "argocd-app-operator", "-n", ARGO_NS, "--verb=get,patch",
+                 "--resource=applications.argoproj.io")
+    demo.kubectl("create", "rolebinding", "alice-argocd", "-n", ARGO_NS, "--role=argocd-app-operator", "--user=alice")
+
+
+def gitops_scene(demo: "Demo", rb: dict, alice: Path) -> None:
+    step("Argo CD stays suspended until Git holds what was restored (never resumed silently)")
+    demo.kubectl("get", "application", "booking", "-n", ARGO_NS, "-o",
+                 "jsonpath={.spec.syncPolicy}{'\\n'}")
+    for g in rb["status"].get("gitops") or []:
+        say(f"status.gitops: {g['kind']} {g['namespace']}/{g['name']} suspended; previous: {g['previous']}")
+        say(f"Git must hold: {g.get('mustChangeInGit')}")
+    say(f"\n(Once Git holds the restored release:)\n$ kubectl rewind resume-sync {NAME} -n {NS}   # as alice")
+    out = subprocess.run([sys.executable, "-m", "rewind.cli", "resume-sync", NAME, "-n", NS,
+                          "--kubeconfig", str(alice)], capture_output=True, text=True)
+    say((out.stdout + out.stderr).rstrip())
+    demo.kubectl("get", "application", "booking", "-n", ARGO_NS, "-o",
+                 "jsonpath={.spec.syncPolicy}{'\\n'}")
+
+
 def state_of(demo: "Demo", pg: PostgresServer) -> dict:
     """What an undo must bring back exactly: the Deployment's pod template, the OAuth Secret's
     data (as a hash), and the database's rows (as checksums); never a value printed."""
@@ -232,6 +278,8 @@ def run(args) -> int:
                                    ("bob-view", "view", "bob"),
                                    ("bob-devops-lead", "rewind-approver-devops-lead", "bob")):
             demo.kubectl("create", "rolebinding", binding, f"--clusterrole={role}", f"--user={who}", "-n", NS)
+        if args.gitops:
+            gitops_setup(demo)
 
         step("Release 2.4.0 goes out and breaks OAuth sign-in")
         demo.kubectl("apply", "-f", str(HERE / "app-v2.4.0-bad.yaml"))
@@ -350,6 +398,8 @@ def run(args) -> int:
         ok = rb["status"]["phase"] == "Succeeded"
         say(f"\nRollback {rb['status']['phase']} in {rb['status'].get('duration')} "
             f"(target for {rb['spec']['severity']}: 15m; within target: {rb['status'].get('withinTarget')}).")
+        if args.gitops:
+            gitops_scene(demo, rb, alice)
         if args.undo and ok:
             ok = undo_scene(demo, cp, pg, alice, bob, before_rollback)
         if args.keep:
@@ -382,6 +432,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="leave the cluster running at the end")
+    parser.add_argument("--gitops", action="store_true", help="Argo CD manages the app: the rollback "
+                                                              "suspends its sync, resume-sync puts it back")
     parser.add_argument("--undo", action="store_true", help="then undo the whole rollback (kubectl rewind "
                                                             "undo), approved by the DevOps Lead, and compare")
     return run(parser.parse_args())

@@ -217,11 +217,11 @@ class Kube:
         return self.request("POST", res.path(namespace), body=body,
                             query={"fieldManager": FIELD_MANAGER})
 
-    def can_i(self, namespace: str, verb: str, res: Resource) -> bool:
-        review = {
-            "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-            "spec": {"resourceAttributes": {"namespace": namespace, "verb": verb,
-                                            "group": res.group, "resource": res.plural}},
-        }
+    def can_i(self, namespace: str, verb: str, res: Resource, name: str | None = None) -> bool:
+        attrs = {"namespace": namespace, "verb": verb, "group": res.group, "resource": res.plural}
+        if name:
+            attrs["name"] = name
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                  "spec": {"resourceAttributes": attrs}}
         out = self.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=review)
         return bool(out.get("status", {}).get("allowed"))

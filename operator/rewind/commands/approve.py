@@ -15,15 +15,10 @@ APPROVALS = Resource(GROUP, VERSION, P.APPROVAL_PLURAL)
 
 def _may_approve(s: c.Session, role: str) -> bool | None:
     """SelfSubjectAccessReview: may the caller approve for `role` here? None if it cannot ask."""
-    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-              "spec": {"resourceAttributes": {"namespace": s.namespace, "verb": P.APPROVE_VERB,
-                                              "group": GROUP, "resource": P.APPROVAL_PLURAL,
-                                              "name": role}}}
     try:
-        out = s.kube.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=review)
+        return s.kube.can_i(s.namespace, P.APPROVE_VERB, APPROVALS, name=role)
     except Exception:  # noqa: BLE001 - the operator's own check is what counts
         return None
-    return bool((out.get("status") or {}).get("allowed"))
 
 
 def _decide(args, decision: str) -> int:

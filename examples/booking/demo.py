@@ -32,7 +32,7 @@ from rewind_testbed.alertmanager import Alertmanager
 from rewind_testbed.booking import BookingApp, localize
 from rewind_testbed.certs import issue
 from rewind_testbed.cluster import ControlPlane, build_binaries
-from rewind_testbed.install import install
+from rewind_testbed.install import install, wait_established
 from rewind_testbed.pki import user_kubeconfig
 from rewind_testbed.jobrunner import JobRunner
 from rewind_testbed.postgres import PostgresServer, find_bindir
@@ -137,11 +137,7 @@ def gitops_setup(demo: "Demo") -> None:
     tests show what a re-sync does with a stand-in controller)."""
     step("Argo CD manages the booking app (automated sync, self-heal): its Application, and the tracking id")
     demo.kubectl("apply", "--server-side", "-f", str(REPO / "testbed" / "crds" / "argocd-application.yaml"), show=False)
-    for _ in range(120):   # kubectl wait errors out at once while a new CRD has no conditions yet
-        if demo.cp.kubectl("wait", "--for=condition=Established", "crd/applications.argoproj.io",
-                           "--timeout=10s", check=False).returncode == 0:
-            break
-        time.sleep(0.5)
+    wait_established(demo.cp.kubectl, "applications.argoproj.io")
     demo.kubectl("create", "namespace", ARGO_NS)
     app = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
            "metadata": {"name": "booking", "namespace": ARGO_NS},

@@ -34,13 +34,20 @@ def _until(what: str, check, timeout: float = 60) -> None:
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def wait_established(kubectl, *crds: str, timeout: float = 60) -> None:
+    """Waits until each CRD is Established. `kubectl wait` alone is not enough: it errors out at once
+    while a CRD just created has no conditions yet ("status.conditions accessor error")."""
+    for crd in crds:
+        _until(f"{crd} established", lambda crd=crd: kubectl(
+            "wait", "--for=condition=Established", "--timeout=10s", f"crd/{crd}",
+            check=False).returncode == 0, timeout)
+
+
 def install(kubectl, policy: dict | None = PERMISSIVE) -> None:
     """CRDs and admission policies; with `policy`, a ClusterRollbackPolicy `default` of that spec."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ADMISSION))
-    _until("the Rollback CRD established", lambda: kubectl(
-        "wait", "--for=condition=Established", "--timeout=10s", "crd/rollbacks.rewind.dev",
-        check=False).returncode == 0)
+    wait_established(kubectl, "rollbacks.rewind.dev")
     probe = yaml.safe_dump({"apiVersion": "rewind.dev/v1alpha1", "kind": "Rollback",
                             "metadata": {"name": "probe", "namespace": "default"},
                             "spec": {"severity": "Low", "reason": "probe", "application": [{"name": "x"}]}})

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client
+from rewind_testbed.install import wait_established
 
 from helpers import (
     audit_writes, condition, deploy_revisions, deployment_dict, get_rollback, kubectl_apply,
@@ -43,9 +44,8 @@ OWNERS = {
 def gitops_crds(cluster):
     """The real CRDs, applied server-side (Argo CD's is too large for the last-applied annotation)."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "testbed" / "crds"))
-    for crd in ("applications.argoproj.io", "kustomizations.kustomize.toolkit.fluxcd.io",
-                "helmreleases.helm.toolkit.fluxcd.io"):
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    wait_established(cluster.kubectl, "applications.argoproj.io", "kustomizations.kustomize.toolkit.fluxcd.io",
+                     "helmreleases.helm.toolkit.fluxcd.io")
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import httpservers
 from helpers import audit_writes, deploy_revisions, kubectl_apply, rollback, wait_for, wait_phase
+from rewind_testbed.install import wait_established
 from rewind_testbed.receivers import WebhookReceiver
 
 pytestmark = pytest.mark.cluster
@@ -49,7 +50,7 @@ def _replica(idle, namespace: str, log: Path, port: int):
 def test_the_standby_takes_over_when_the_leader_dies_mid_rollback(cluster, api_client, namespace, idle_operator,
                                                                  tmp_path):
     cluster.kubectl("apply", "--server-side", "-f", str(PEERING_CRDS))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/kopfpeerings.kopf.dev")
+    wait_established(cluster.kubectl, "kopfpeerings.kopf.dev")
     wait_for("KopfPeering served", lambda: cluster.kubectl("get", "kopfpeerings", "-n", namespace,
                                                          check=False).returncode == 0, timeout=30)
     client.CustomObjectsApi(api_client).create_namespaced_custom_object(

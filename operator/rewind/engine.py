@@ -226,9 +226,10 @@ def _execute(ctx: Context) -> Wait | None:
         step, rec = ctx.status.plan[i], ctx.status.steps[i]
         ctx.status.progress = planning.progress(ctx.status.steps)
         failed = _first_failure(ctx)
-        if failed and not step.cleanup:
+        if failed and not step.cleanup and rec.state == StepState.PENDING.value:
             # A step failed: the rest is not run; only the cleanup steps (exit maintenance,
-            # resume monitoring) still are.
+            # resume monitoring) still are, and a step that was started alongside the failed one
+            # (registry.ALONGSIDE) is followed to its end: its Job is not left running unwatched.
             rec.state, rec.finished_at, rec.reason = StepState.SKIPPED.value, ctx.clock(), "NotRun"
             rec.message = f"Not run: step {failed.name} {'was interrupted' if failed.state == StepState.INTERRUPTED.value else 'failed'}."
             ctx.save()
@@ -239,7 +240,23 @@ def _execute(ctx: Context) -> Wait | None:
             _record_failure(ctx, step, rec, e.reason, e.message)
             continue
         if wait is not None:
+            _alongside(ctx, i)
             return wait
+
+
+def _alongside(ctx: Context, i: int) -> None:
+    """While step i waits: the next step, when registry.ALONGSIDE lets it run at the same time and
+    nothing has failed, is started or moved on as well (it may even finish first)."""
+    step, nxt = ctx.status.plan[i], i + 1
+    if nxt >= len(ctx.status.plan) or registry.ALONGSIDE.get(StepKind(step.kind)) != ctx.status.plan[nxt].kind:
+        return
+    other, rec = ctx.status.plan[nxt], ctx.status.steps[nxt]
+    if rec.state in planning.FINISHED_STATES or _first_failure(ctx):
+        return
+    try:
+        registry.ADVANCE[StepKind(other.kind)](ctx, other, rec)
+    except ReasonedError as e:
+        _record_failure(ctx, other, rec, e.reason, e.message)
 
 
 def abandon(ctx: Context) -> Wait | None:

@@ -57,6 +57,14 @@ RELEASE: dict[StepKind, Callable[[Context, PlanStep, StepRecord], None]] = {
     StepKind.DATABASE_SWAP: database.release_swap,
 }
 
+# While a step of the first kind waits, the engine starts the next step too when it is of the
+# second kind, and moves it on at each look: the pre-rollback dump of the live database and the
+# restore into staging touch different databases, so they run at the same time. The steps still
+# finish in plan order, and nothing after them (the swap) starts before both have succeeded.
+ALONGSIDE: dict[StepKind, StepKind] = {
+    StepKind.DATABASE_BACKUP: StepKind.DATABASE_RESTORE,
+}
+
 # The domain condition a failed step of each kind sets to False.
 DOMAINS: dict[StepKind, str] = {
     StepKind.WORKLOAD_REVISION: C.APPLICATION_RESTORED,

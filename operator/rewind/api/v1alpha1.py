@@ -156,6 +156,16 @@ class SqlAction(_Model):
     statement_timeout_seconds: int = Field(30, ge=1, le=600)
 
 
+class BackupCompression(str, Enum):
+    """How the pre-rollback dump is compressed (pg_dump --compress): gzip level 1 (Fast, the
+    default) is about twice as fast as pg_dump's own default and nearly as small; None is fastest
+    and the largest (about the size of the table data)."""
+
+    NONE = "None"
+    FAST = "Fast"
+    DEFAULT = "Default"
+
+
 class DatabaseSpec(_Model):
     """Restore the live PostgreSQL database from a backup, out of place, with a way back."""
 
@@ -170,6 +180,10 @@ class DatabaseSpec(_Model):
     restore_from: BackupSource
     pre_rollback_backup: bool = Field(True, description="Dump the live database first (default).")
     waive_backup_reason: str | None = Field(None, min_length=1, max_length=512)
+    backup_compression: BackupCompression = Field(
+        BackupCompression.FAST,
+        description="Compression of the pre-rollback dump: Fast (gzip level 1, default), None, or Default "
+                    "(pg_dump's own, about twice as slow as Fast for a few percent less space).")
     accept_mismatch_reason: str | None = Field(
         None, min_length=1, max_length=512,
         description="Why a backup whose tables differ from the live database's may be restored "
@@ -196,7 +210,8 @@ class DatabaseSpec(_Model):
     terminate_connections: bool = Field(
         True, description="End the live database's sessions before the swap (else fail if any remain).")
     job_deadline_seconds: int = Field(1800, ge=60, le=86400,
-                                      description="activeDeadlineSeconds of each database Job.")
+                                      description="The most activeDeadlineSeconds a database Job gets; each gets "
+                                                  "what is left of the severity's target, at least 60 s.")
 
 
 OptionalRevisionRef = Annotated[

@@ -22,6 +22,8 @@ from rewind.steps.database.names import backup_to
 # The backup script's exit code when pg_dump gave up waiting for a lock (scripts/backup.sh).
 EXIT_LOCK_TIMEOUT = 23
 LOCK_WAIT = "pg_dump waits for a lock: "
+# spec.backupCompression -> pg_dump's --compress ("": its own default, gzip level 6).
+COMPRESS_LEVEL = {"None": "0", "Fast": "1", "Default": ""}
 
 
 def advance_backup(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
@@ -33,7 +35,8 @@ def advance_backup(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None
     ctx.begin(step, rec, started, C.DATABASE_RESTORED)
     outcome = job.run(ctx, step, rec, lambda seconds: jobs.build_job(
         name=step.job_name, rollback=ctx.obj, step="backup", image=authz.job_image(spec), script=job.BACKUP_SCRIPT,
-        env=job.env(spec, path, ref, ROLLBACK_UID=ctx.uid, LOCK_WAIT_TIMEOUT=job.lock_wait_timeout(ctx)),
+        env=job.env(spec, path, ref, ROLLBACK_UID=ctx.uid, LOCK_WAIT_TIMEOUT=job.lock_wait_timeout(ctx),
+                     COMPRESS=COMPRESS_LEVEL[spec.backup_compression]),
         claim_name=claim, deadline_seconds=seconds, read_only_backups=False), f"pg_dump to {ref}")
     if isinstance(outcome, Wait):
         return _say_what_it_waits_for(ctx, step, rec, live, started) or outcome

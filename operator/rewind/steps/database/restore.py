@@ -60,11 +60,12 @@ def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | Non
                 name=step.job_name, rollback=ctx.obj, step="restore", image=authz.job_image(spec),
                 script=job.RESTORE_SCRIPT, env=job.env(spec, src.path, ref, TARGET_DB=staging,
                                                        **source_expectation(like, spec)),
-                claim_name=src.claim_name, deadline_seconds=spec.job_deadline_seconds,
+                claim_name=src.claim_name, deadline_seconds=job.deadline_seconds(ctx, rec),
                 read_only_backups=True))
             crashpoints.reach(f"{step.kind}:after-job-created")
             db.ledger_advance(conn, ctx.uid, "restore", "claimed", "job-created", staging)
-            return job.wait(ctx, step, rec, f"Job {step.job_name} restores {ref} into {staging}.")
+            return job.wait(ctx, step, rec, f"Job {step.job_name} restores {ref} into {staging}.",
+                            seconds=job.deadline_seconds(ctx, rec))
         if fence == "restored":
             return _restored(ctx, step, rec, staging, ref)
         if fence == "failed":
@@ -72,7 +73,7 @@ def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | Non
                                               f"the live database {live} is unchanged")
         outcome = jobs.job_outcome(ctx.kube, ctx.namespace, step.job_name)
         if outcome.state == "running":
-            return job.wait(ctx, step, rec, rec.message, outcome)
+            return job.wait(ctx, step, rec, rec.message, outcome, job.deadline_seconds(ctx, rec))
         if outcome.state == "missing":
             raise StepFailed(C.INTERRUPTED, f"the restore Job {step.job_name} disappeared before its "
                                             f"outcome was recorded; the staging database {staging} "

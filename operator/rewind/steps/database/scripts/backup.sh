@@ -12,7 +12,8 @@ if [ -e "$DUMP_PATH" ]; then
     || fail 20 "refusing to overwrite an existing file: $DUMP_REF"
 else
   mkdir -p "$(dirname "$DUMP_PATH")"
-  if ! pg_dump --format=custom --no-password --lock-wait-timeout="$LOCK_WAIT_TIMEOUT" \
+  # COMPRESS: pg_dump's --compress level ("" for its own default), from spec.backupCompression.
+  if ! pg_dump --format=custom ${COMPRESS:+--compress="$COMPRESS"} --no-password --lock-wait-timeout="$LOCK_WAIT_TIMEOUT" \
       --dbname="$DATABASE_URL" --file="$partial" 2> /tmp/err; then
     table=$(sed -n 's/^pg_dump: detail: Query was: LOCK TABLE \(.*\) IN ACCESS SHARE MODE$/\1/p' /tmp/err | head -n 1)
     if [ -n "$table" ] && grep -q 'canceling statement due to statement timeout' /tmp/err; then

@@ -2,13 +2,17 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap test unit fuzz demo demo-undo demo-gitops cluster crd manifests clean bench
+.PHONY: bootstrap test test-long unit fuzz demo demo-undo demo-gitops cluster crd manifests clean bench
 
 bootstrap:
 	bash scripts/bootstrap.sh
 
 test: bootstrap  ## all tests, against the local control plane and PostgreSQL
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-long: bootstrap  ## the long tier: API outages of two minutes, then the fuzz tier (500 specs per test)
+	REWIND_LONG_TIER=1 $(PY) -m pytest -m long tests/operator $(PYTEST_ARGS)
+	REWIND_FUZZ_EXAMPLES=$${REWIND_FUZZ_EXAMPLES:-500} $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
 
 unit: bootstrap  ## tests that need no cluster and no database
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

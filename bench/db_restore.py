@@ -66,7 +66,8 @@ ROLLBACK = "restore-db"
 LATE_ROWS = 100                  # users written to live after the backup point
 POLL = 0.2
 TERMINAL = {"Succeeded", "Failed", "Interrupted"}
-VARIANTS = ["pg_restore", "rewind-full", "rewind-waived"]
+VARIANTS = ["pg_restore", "seed", "rewind-full", "rewind-waived"]
+REWIND_VARIANTS = ["rewind-full", "rewind-waived"]
 
 
 def say(text: str = "") -> None:
@@ -345,6 +346,33 @@ def baseline(bed: Bed, dump: Path) -> dict:
             "pg_restore_seconds": round(t2 - t1, 2), "cpu_seconds": cpu_delta(cpu0, cpu_snapshot(bed))}
 
 
+def seed(bed: Bed, dump: Path) -> dict:
+    """The seed's own procedure by hand, one after the other: `pg_dump live > file.sql` (plain SQL,
+    uncompressed, as production-rollback-plan.md writes it), then createdb + pg_restore."""
+    pg = bed.pg
+    env = {**os.environ, "PGPASSWORD": pg.password}
+    conn = ["--host", pg.host, "--port", str(pg.port), "--username", pg.superuser, "--no-password"]
+    with pg.connect(autocommit=True) as c:        # the live database, outside the clock
+        c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(LIVE), sql.Identifier(SOURCE)))
+    out = bed.run_dir / "seed-pre-rollback.sql"
+    settle(pg)
+    cpu0 = cpu_snapshot(bed)
+    t0 = time.monotonic()
+    with out.open("wb") as f:
+        subprocess.run([pg_bin("pg_dump"), *conn, LIVE], env=env, stdout=f, check=True)
+    t1 = time.monotonic()
+    run([pg_bin("createdb"), *conn, MANUAL], env=env)
+    run([pg_bin("pg_restore"), *conn, "--single-transaction", "--exit-on-error", "--no-owner",
+         f"--dbname={MANUAL}", str(dump)], env=env)
+    t2 = time.monotonic()
+    size = out.stat().st_size
+    out.unlink()
+    time.sleep(0.5)
+    return {"seconds": round(t2 - t0, 2), "pg_dump_seconds": round(t1 - t0, 2),
+            "pg_dump_bytes": size, "restore_seconds": round(t2 - t1, 2),
+            "cpu_seconds": cpu_delta(cpu0, cpu_snapshot(bed))}
+
+
 def rollback_manifest(waive: bool) -> dict:
     database = {"connection": {"secretRef": {"name": SECRET, "key": "DATABASE_URL"}},
                 "restoreFrom": {"persistentVolumeClaim": {"claimName": CLAIM, "path": DUMP_PATH}},
@@ -494,8 +522,20 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     med = {v: median([r["seconds"] for r in runs[v]]) for v in VARIANTS}
     base = med["pg_restore"]
     ratios = {v: round(med[v] / base, 2) for v in VARIANTS[1:] if base}
+    to_seed = {v: round(med[v] / med["seed"], 2) for v in REWIND_VARIANTS if med["seed"]}
+    # The spread of the ratios, per round (each round ran every variant once, back to back).
+    per_round = {v: sorted(round(a["seconds"] / b["seconds"], 2) for a, b in zip(runs[v], runs["pg_restore"]))
+                 for v in REWIND_VARIANTS}
+    per_round_seed = {v: sorted(round(a["seconds"] / b["seconds"], 2) for a, b in zip(runs[v], runs["seed"]))
+                      for v in REWIND_VARIANTS}
+    spread = {}
+    for v in VARIANTS:
+        secs = sorted(r["seconds"] for r in runs[v])
+        if secs:
+            q = statistics.quantiles(secs, n=4) if len(secs) > 1 else [secs[0]] * 3
+            spread[v] = {"min": secs[0], "q1": round(q[0], 2), "q3": round(q[2], 2), "max": secs[-1]}
     step_medians = {}
-    for v in VARIANTS[1:]:
+    for v in REWIND_VARIANTS:
         names = list(runs[v][0]["steps"]) if runs[v] else []
         step_medians[v] = {n: {k: median([r["steps"][n].get(k) for r in runs[v]])
                                for k in ("ledger_seconds", "observed_seconds", "container_seconds",
@@ -503,12 +543,14 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
                            for n in names}
     extra = {v: {k: median([r.get(k) for r in runs[v]])
                  for k in ("first_status_at", "last_step_to_succeeded_seconds", "operator_cpu_seconds")}
-             for v in VARIANTS[1:]}
+             for v in REWIND_VARIANTS}
     cpu = {v: {k: median([r["cpu_seconds"][k] for r in runs[v]]) for k in runs[v][0]["cpu_seconds"]}
            for v in VARIANTS if runs[v]}
     busy = [f"{v} round {r['round']}" for v in VARIANTS for r in runs[v]
             if r["cpu_seconds"]["other"] > 0.25 * r["seconds"]]
-    return {"median_seconds": med, "ratio_to_pg_restore": ratios, "median_cpu_seconds": cpu,
+    return {"median_seconds": med, "ratio_to_pg_restore": ratios, "ratio_to_seed": to_seed,
+            "spread_seconds": spread, "per_round_ratio_to_pg_restore": per_round,
+            "per_round_ratio_to_seed": per_round_seed, "median_cpu_seconds": cpu,
             "busy_runs": busy, "step_median_seconds": step_medians,
             "rewind_median_other": extra,
             "median_pg_restore_only_seconds": median([r["pg_restore_seconds"] for r in runs["pg_restore"]])}
@@ -518,15 +560,20 @@ def print_report(meta: dict, summary: dict) -> None:
     say("\n==> result")
     say(f"source database {meta['database_mb']:.0f} MB (pg_database_size), dump {meta['dump_mb']:.0f} MB "
         f"(pg_dump -Fc), rows {meta['rows']}; {meta['rounds']} round(s), medians:")
-    say(f"\n  {'variant':<34} {'median s':>9} {'x pg_restore':>13}")
+    say(f"\n  {'variant':<38} {'median s':>9} {'IQR':>13} {'x pg_restore':>13} {'x seed':>8}")
     labels = {"pg_restore": "pg_restore (createdb + pg_restore)",
+              "seed": "seed: pg_dump > sql, then pg_restore",
               "rewind-full": "Rewind, with pre-rollback backup",
               "rewind-waived": "Rewind, backup waived"}
     for v in VARIANTS:
-        ratio = summary["ratio_to_pg_restore"].get(v)
-        say(f"  {labels[v]:<34} {summary['median_seconds'][v]:>9.2f} "
-            f"{(f'{ratio:.2f}x' if ratio else '1.00x'):>13}")
-    for v in VARIANTS[1:]:
+        ratio, to_seed, sp = summary["ratio_to_pg_restore"].get(v), summary["ratio_to_seed"].get(v), \
+            summary["spread_seconds"][v]
+        say(f"  {labels[v]:<38} {summary['median_seconds'][v]:>9.2f} {sp['q1']:>6.2f}-{sp['q3']:<6.2f} "
+            f"{(f'{ratio:.2f}x' if ratio else '1.00x'):>13} {(f'{to_seed:.2f}x' if to_seed else '-'):>8}")
+    for v in REWIND_VARIANTS:
+        say(f"  per round, {v} / pg_restore: {summary['per_round_ratio_to_pg_restore'][v]}; "
+            f"/ seed: {summary['per_round_ratio_to_seed'][v]}")
+    for v in REWIND_VARIANTS:
         say(f"\n  {labels[v]}: per step, median seconds "
             "(ledger: status.steps, 1 s resolution; observed: 0.2 s polls; in container: the Job's "
             "process; exit -> done: from the process's exit to the step seen Succeeded)")
@@ -553,7 +600,7 @@ def print_report(meta: dict, summary: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=300, help="source database size, pg_database_size (default 200)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of all three variants (default 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of all four variants (default 2; 5 for the figures in bench/README.md)")
     parser.add_argument("--compress", type=int, default=0,
                         help="pg_dump --compress level of the backup (default 0: the dump is about as "
                              "large as the data, so a 200 MB database gives a dump of 200 MB or more)")
@@ -596,7 +643,7 @@ def main() -> int:
 
         runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
         for r in range(args.rounds):
-            order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
+            order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
             for v in order:
                 drop_leftovers(pg, keep={SOURCE})
                 say(f"\n==> round {r + 1}/{args.rounds}: {v}")
@@ -605,6 +652,10 @@ def main() -> int:
                     res = baseline(bed, dump)
                     say(f"    {res['seconds']:.2f}s (createdb {res['createdb_seconds']:.2f}s, "
                         f"pg_restore {res['pg_restore_seconds']:.2f}s)")
+                elif v == "seed":
+                    res = seed(bed, dump)
+                    say(f"    {res['seconds']:.2f}s (pg_dump {res['pg_dump_seconds']:.2f}s, "
+                        f"createdb + pg_restore {res['restore_seconds']:.2f}s)")
                 else:
                     res = rewind(bed, dump, f"r{r + 1}-{v.split('-')[1]}", waive=(v == "rewind-waived"))
                     expected = gen["rows"]["users"]

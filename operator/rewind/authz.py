@@ -64,6 +64,8 @@ def load_policy(kube: Kube, namespace: str) -> tuple[str, P.RollbackPolicySpec]:
         except KubeError as e:
             if e.not_found:
                 continue
+            if e.transient:
+                raise
             raise ReasonedError("PolicyUnreadable", f"The operator cannot read {what} ({e.status} "
                                 f"{e.reason}); no Rollback runs until it can.") from None
         return what, P.RollbackPolicySpec.model_validate(obj.get("spec") or {})
@@ -81,6 +83,8 @@ def check_identity(kube: Kube, spec: RollbackSpec) -> Requester:
         try:
             kube.get(res, None, name)
         except KubeError as e:
+            if e.transient:
+                raise
             if not e.not_found:
                 raise ReasonedError(IDENTITY_UNVERIFIED, f"The operator cannot read the admission policy "
                                     f"{res.plural}/{name} ({e.status} {e.reason}), so it cannot trust "
@@ -219,6 +223,8 @@ def allowed(kube: Kube, who: Requester, namespace: str, verb: str, group: str, r
     try:
         out = kube.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body=review)
     except KubeError as e:
+        if e.transient:
+            raise
         raise ReasonedError(REQUESTER_NOT_ALLOWED, "The operator cannot ask the API server what the "
                             f"requester may do (SubjectAccessReview: {e.status} {e.reason}); nothing "
                             "was changed.") from None

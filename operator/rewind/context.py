@@ -67,8 +67,9 @@ class Watched:
     namespace, as seen at `resource_version` (changes after it wake the step)."""
 
     resource: object              # adapters.kube.Resource
-    name: str
+    name: str | None              # None: any object of the collection (within label_selector)
     resource_version: str | None = None
+    label_selector: str | None = None
 
 
 @dataclass(frozen=True)

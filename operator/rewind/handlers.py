@@ -290,7 +290,8 @@ def _wait(k: Kube, namespace: str, wait: Wait, stopped, aborted=lambda: False) -
         if wait.watch is not None:
             w = wait.watch
             try:
-                if k.watch_one(w.resource, namespace, w.name, w.resource_version, min(remaining, WATCH_SLICE)):
+                if k.watch_one(w.resource, namespace, w.name, w.resource_version, min(remaining, WATCH_SLICE),
+                               w.label_selector):
                     return
                 continue
             except Exception as e:  # noqa: BLE001 - a failed watch falls back to the timer

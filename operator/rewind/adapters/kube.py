@@ -37,6 +37,12 @@ class KubeError(Exception):
         self.message = message
 
     @property
+    def transient(self) -> bool:
+        """Throttled (429) or a server-side failure (5xx): asking again later may well work, so it
+        must never end a Rollback as a refusal; the handler retries it with backoff."""
+        return self.status == 429 or self.status >= 500
+
+    @property
     def not_found(self) -> bool:
         return self.status == 404
 
@@ -169,13 +175,15 @@ class Kube:
                 raise KubeError(status, "", data[:500]) from None
         return json.loads(data) if data else {}
 
-    def watch_one(self, res: Resource, namespace: str, name: str, resource_version: str | None,
-                  timeout: float) -> bool:
+    def watch_one(self, res: Resource, namespace: str, name: str | None, resource_version: str | None,
+                  timeout: float, label_selector: str | None = None) -> bool:
         """Blocks until the object changes after `resource_version` (True), or `timeout` seconds
         pass without a change (False). Reads only: one watch request, closed at the first event."""
         query = {"watch": "1", "timeoutSeconds": str(max(1, int(timeout)))}
         if name:        # one object; without a name, any object of the namespace's collection
             query["fieldSelector"] = f"metadata.name={name}"
+        if label_selector:
+            query["labelSelector"] = label_selector
         if resource_version:
             query["resourceVersion"] = resource_version
         method, url, headers, _, _ = self.api.param_serialize(

@@ -150,6 +150,8 @@ def _read_owner(kube: Kube, kind: str, namespace: str, name: str) -> dict | None
     except KubeError as e:
         if e.not_found:   # no such object, or the tool's CRD is not installed
             return None
+        if e.transient:
+            raise
         raise StepFailed(C.FORBIDDEN if e.forbidden else C.OPERATOR_ERROR,
                          f"the operator cannot read {kind} {namespace}/{name}, which manages targets of "
                          f"this rollback ({e.status} {e.reason}); it must, to suspend its sync") from None
@@ -246,6 +248,8 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> None:
         try:
             ctx.kube.patch(RESOURCES[o.kind], o.namespace, o.name, suspend_patch(o.kind, obj), JSON_PATCH)
         except KubeError as e:
+            if e.transient:
+                raise
             raise StepFailed(C.CONFLICT if e.status in (409, 422) else C.OPERATOR_ERROR,
                              f"suspending {what}'s sync failed ({e.status} {e.reason}); no target "
                              "was changed") from None

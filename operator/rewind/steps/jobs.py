@@ -88,7 +88,9 @@ class JobOutcome:
     state: str                 # running | succeeded | failed | missing
     exit_code: int | None = None
     message: str = ""
-    resource_version: str | None = None   # of the Job as read: a watch from here wakes on its change
+    # While it runs: the resourceVersion of the Job's pods as listed; a watch of them from here
+    # wakes the step when its pod ends (POD_SELECTOR names them).
+    resource_version: str | None = None
 
     def result(self) -> dict:
         try:
@@ -98,7 +100,14 @@ class JobOutcome:
             return {}
 
 
+def pod_selector(job: str) -> str:
+    return f"batch.kubernetes.io/job-name={job}"
+
+
 def job_outcome(kube: Kube, namespace: str, name: str) -> JobOutcome:
+    """The Job's outcome. Its pod's end counts as the Job's: with backoffLimit 0 and
+    podReplacementPolicy Failed there is one pod, and the Job controller marks the Job Complete or
+    Failed after it (a second or so later), so waiting for that adds nothing but time."""
     try:
         job = kube.get(JOBS, namespace, name)
     except KubeError as e:
@@ -107,11 +116,16 @@ def job_outcome(kube: Kube, namespace: str, name: str) -> JobOutcome:
         raise
     conditions = {c["type"]: c for c in job.get("status", {}).get("conditions") or []
                   if c.get("status") == "True"}
+    listed = kube.request("GET", PODS.path(namespace), query={"labelSelector": pod_selector(name)})
+    pods = listed.get("items", [])
     if "Complete" not in conditions and "Failed" not in conditions:
-        stuck = _stuck(kube, namespace, name)
+        ended = _ended(pods)
+        if ended is not None:
+            return ended
+        stuck = _stuck(pods)
         return JobOutcome("failed", None, stuck) if stuck else \
-            JobOutcome("running", resource_version=job["metadata"].get("resourceVersion"))
-    exit_code, message = _termination(kube, namespace, name)
+            JobOutcome("running", resource_version=(listed.get("metadata") or {}).get("resourceVersion"))
+    exit_code, message = _termination(pods)
     if "Complete" in conditions:
         return JobOutcome("succeeded", exit_code, message)
     failed = conditions["Failed"]
@@ -120,14 +134,27 @@ def job_outcome(kube: Kube, namespace: str, name: str) -> JobOutcome:
     return JobOutcome("failed", exit_code, message)
 
 
+def _ended(pods: list[dict]) -> JobOutcome | None:
+    """The outcome of a pod that ended (Succeeded, or Failed with its container's exit code), else None."""
+    for pod in pods:
+        phase = pod.get("status", {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            exit_code, message = _termination([pod])
+            if phase == "Succeeded":
+                return JobOutcome("succeeded", exit_code, message)
+            if exit_code is not None:
+                return JobOutcome("failed", exit_code, message)
+    return None
+
+
 # Container states that will not get better by waiting for the Job's deadline.
 STUCK_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                  "CreateContainerError"}
 
 
-def _stuck(kube: Kube, namespace: str, job: str) -> str:
+def _stuck(pods: list[dict]) -> str:
     """Why the Job's pod cannot start, when it never will on its own; else ""."""
-    for pod in kube.list(PODS, namespace, label_selector=f"batch.kubernetes.io/job-name={job}"):
+    for pod in pods:
         for cs in pod.get("status", {}).get("containerStatuses") or []:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in STUCK_REASONS:
@@ -136,8 +163,7 @@ def _stuck(kube: Kube, namespace: str, job: str) -> str:
     return ""
 
 
-def _termination(kube: Kube, namespace: str, job: str) -> tuple[int | None, str]:
-    pods = kube.list(PODS, namespace, label_selector=f"batch.kubernetes.io/job-name={job}")
+def _termination(pods: list[dict]) -> tuple[int | None, str]:
     for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True):
         for cs in pod.get("status", {}).get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated")

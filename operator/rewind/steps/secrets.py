@@ -144,6 +144,8 @@ def advance(ctx: Context, step: PlanStep, rec: StepRecord) -> None:
                 _write(ctx.kube, ns, secret, source)
                 crashpoints.reach("SecretsRestore:after-write")
             except KubeError as e:
+                if e.transient:
+                    raise
                 raise StepFailed(C.CONFLICT if e.status in (409, 422) else C.OPERATOR_ERROR,
                                  f"writing Secret {c.name} failed ({e.status} {e.reason})") from None
             written.append(c.name)

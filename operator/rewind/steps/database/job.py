@@ -20,8 +20,8 @@ from rewind.context import Context, Wait, Watched
 from rewind.steps import jobs
 from rewind.steps.database import state
 
-# A watch on the Job wakes the step when it finishes; a pod that cannot start (a bad image) shows
-# only on the pod, so the step also looks every few seconds.
+# A watch on the Job's pods wakes the step when its pod ends (jobs.job_outcome takes the pod's end
+# as the Job's); a pod that cannot start (a bad image) is seen at the next look, every few seconds.
 LOOK_AGAIN_SECONDS = 5.0
 DEADLINE_MARGIN_SECONDS = 60
 # A Job gets what is left of the rollback's target time (the severity's), within the spec's
@@ -75,9 +75,9 @@ def wait(ctx: Context, step: PlanStep, rec: StepRecord, message: str,
     (`seconds`, its activeDeadlineSeconds; default jobDeadlineSeconds)."""
     deadline = rec.started_at + datetime.timedelta(
         seconds=(seconds or state.spec(ctx).job_deadline_seconds) + DEADLINE_MARGIN_SECONDS)
-    rv = outcome.resource_version if outcome else None
-    return ctx.waiting(step, rec, message, deadline, look_again=LOOK_AGAIN_SECONDS,
-                       watch=Watched(jobs.JOBS, step.job_name, rv))
+    watch = Watched(jobs.PODS, None, outcome.resource_version, jobs.pod_selector(step.job_name)) \
+        if outcome and outcome.resource_version else Watched(jobs.JOBS, step.job_name)
+    return ctx.waiting(step, rec, message, deadline, look_again=LOOK_AGAIN_SECONDS, watch=watch)
 
 
 def run(ctx: Context, step: PlanStep, rec: StepRecord, manifest: Callable[[int], dict],

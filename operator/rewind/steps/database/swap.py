@@ -24,6 +24,7 @@ step again; a Rollback deleted, or given up after repeated errors, while the ste
 from __future__ import annotations
 
 import datetime
+import time
 
 import psycopg
 
@@ -99,12 +100,19 @@ def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     return None
 
 
+STAGING_SESSIONS_GRACE_SECONDS = 2.0
+
+
 def _staging_free(conn, live: str, staging: str) -> None:
     """The rename of staging must not fail after production's sessions were ended: staging is
     closed to new sessions, and any it has refuse the swap now (SwapBlocked), production as it
     was."""
     db.set_allow_connections(conn, staging, False)
-    on_staging = db.sessions(conn, staging)
+    # The restore Job's own session may outlive its pod by a moment (the server ends a backend a
+    # little after its client went): a short look lets such a one go, not a session someone holds.
+    deadline = time.monotonic() + STAGING_SESSIONS_GRACE_SECONDS
+    while (on_staging := db.sessions(conn, staging)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     if on_staging:
         raise StepFailed("SwapBlocked", f"{on_staging} session(s) are connected to the staging "
                          f"database {staging}; the swap cannot rename it while they are. Nothing was "

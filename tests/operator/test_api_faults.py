@@ -1,0 +1,140 @@
+"""The API server misbehaves while a rollback runs: errors, throttling, reset connections, answers
+lost after the write, watches that end with 410 Gone, the API server gone for 20 seconds (two
+minutes in the long tier) or answering nothing. The operator talks to it only through a
+fault-injecting proxy (testbed/rewind_testbed/faultproxy.py); the test and the controllers talk to
+the API server directly. What must hold: the rollback ends right, every effect happens once
+(counted from the API server's audit log, which sees what reached it, whatever the operator
+believes), and nothing waits forever."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+
+import pytest
+from kubernetes import client
+
+from helpers import (
+    audit_writes, condition, deploy_revisions, deployment_dict, events_for, get_rollback, kubectl_apply,
+    rollback, rolled_out, template_of, wait_for, wait_phase,
+)
+from rewind_testbed.faultproxy import FaultProxy, Rule
+
+pytestmark = pytest.mark.cluster
+
+IMAGES = ["registry.local/booking:1.0", "registry.local/booking:1.1", "registry.local/booking:1.2-bad"]
+LONG = os.environ.get("REWIND_LONG_TIER") == "1"
+
+
+@pytest.fixture
+def apps(api_client):
+    return client.AppsV1Api(api_client)
+
+
+@pytest.fixture
+def proxy(cluster, idle_operator, tmp_path):
+    """The operator's own kubeconfig (its ServiceAccount token), pointed at the fault proxy."""
+    if getattr(cluster, "audit_log", None) is None:
+        pytest.fail("these tests count effects from the API server's audit log, which this cluster "
+                    "does not give us (an existing cluster): they cannot prove anything here")
+    p = FaultProxy.for_kubeconfig(idle_operator.kubeconfig, tmp_path / "proxy").start()
+    idle_operator.kubeconfig = p.kubeconfig(tmp_path / "via-proxy.kubeconfig")
+    yield p
+    p.stop()
+
+
+def _operator_writes(cluster, namespace: str) -> collections.Counter:
+    """Every write the operator made in the namespace, by (verb, resource, subresource, name)."""
+    path = cluster.audit_log
+    text = path.read_text()
+    out: collections.Counter = collections.Counter()
+    for line in text[:text.rfind("\n") + 1].split("\n"):
+        if not line or namespace not in line:
+            continue
+        ev = json.loads(line)
+        ref = ev.get("objectRef") or {}
+        if (ev.get("verb") in ("create", "update", "patch", "delete") and ref.get("namespace") == namespace
+                and (ev.get("userAgent") or "").startswith("rewind/")
+                and (ev.get("responseStatus") or {}).get("code", 200) < 400):
+            name = ref.get("name") if ref.get("resource") != "events" else "-"
+            out[(ev["verb"], ref.get("resource"), ref.get("subresource") or "", name)] += 1
+    return out
+
+
+def _assert_restored_once(cluster, api_client, apps, namespace: str, rs: dict, name: str, proxy, op) -> dict:
+    rb = get_rollback(api_client, namespace, name)
+    assert rb["status"]["phase"] == "Succeeded", (rb["status"], op.output()[-4000:])
+    assert condition(rb, "Ready")["status"] == "True"
+    after = deployment_dict(apps, namespace, "web")
+    assert after["spec"]["template"] == template_of(rs[2])
+    assert after["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "4"
+    assert rolled_out(apps, namespace, "web")
+    # Exactly once, as the API server saw it: one patch of the Deployment, one report ConfigMap,
+    # one Event of each outcome.
+    writes = audit_writes(cluster, namespace, "deployments", "web")
+    assert writes is not None, "no audit log: nothing can be proved"
+    assert [w["verb"] for w in writes if (w.get("responseStatus") or {}).get("code", 200) < 400] == ["patch"], writes
+    reasons = collections.Counter(e.reason for e in events_for(api_client, namespace, name))
+    assert reasons["RolledBack"] == 1 and reasons["Succeeded"] == 1, reasons
+    creates = [k for k, n in _operator_writes(cluster, namespace).items() if k[0] == "create" and k[1] == "configmaps"]
+    assert len(creates) == 1, _operator_writes(cluster, namespace)
+    step = rb["status"]["steps"][0]
+    assert step["state"] == "Succeeded" and step["restoredRevision"] == 4, step
+    return rb
+
+
+def test_errors_throttling_resets_lost_answers_and_gone_watches_change_nothing_twice(
+        cluster, api_client, apps, namespace, idle_operator, proxy):
+    rs = deploy_revisions(apps, namespace, "web", IMAGES)
+    # The first patch of the Deployment is made but its answer lost; of the other requests, one in
+    # six is answered 503, one in ten 429 with Retry-After, one in ten has its connection reset
+    # before it reaches the API server (a seeded draw each); every second watch ends at once with
+    # 410 Gone.
+    proxy.add(Rule("lose-response", method="PATCH", path=r"/deployments/web(\?|$)", times=1))
+    proxy.add(Rule("status", status=503, probability=1 / 6, seed=1, watch=False))
+    proxy.add(Rule("status", status=429, retry_after=1, probability=0.1, seed=2, watch=False))
+    proxy.add(Rule("reset", probability=0.1, seed=3, watch=False))
+    proxy.add(Rule("gone", watch=True, every=2))
+    op = idle_operator.start()
+    kubectl_apply(cluster, namespace, rollback("undo", [{"kind": "Deployment", "name": "web", "toRevision": "previous"}]))
+    wait_phase(api_client, namespace, "undo", {"Succeeded", "Failed", "Interrupted"}, timeout=240)
+    print("faults injected:", collections.Counter(i[1] for i in proxy.injected), "of", proxy.requests, "requests")
+    assert proxy.count("lose-response") == 1 and proxy.count("status") + proxy.count("reset") >= 3, \
+        proxy.injected
+    _assert_restored_once(cluster, api_client, apps, namespace, rs, "undo", proxy, op)
+    assert op.proc.poll() is None, "the operator died"
+
+
+@pytest.mark.parametrize("mode,seconds", [
+    ("outage", 20), ("blackhole", 20),
+    pytest.param("outage", 120, marks=pytest.mark.long), pytest.param("blackhole", 120, marks=pytest.mark.long),
+])
+def test_the_api_server_gone_mid_rollback(cluster, api_client, apps, namespace, idle_operator, proxy, mode, seconds):
+    """Mid-rollout (the new pods need 15 s to count as available), the API server goes away for
+    the operator: `outage` cuts every connection and resets new ones (the API server stopped),
+    `blackhole` leaves requests unanswered (a network partition). Afterwards the rollback goes on
+    and ends Succeeded, with every effect once."""
+    if seconds > 60 and not LONG:
+        pytest.skip("the long tier: make test-long")
+    rs = deploy_revisions(apps, namespace, "web", IMAGES, minReadySeconds=15)
+    op = idle_operator.start()
+    kubectl_apply(cluster, namespace, rollback("undo", [{"kind": "Deployment", "name": "web", "toRevision": "previous"}]))
+    wait_for("the rollout under way", lambda: (get_rollback(api_client, namespace, "undo").get("status", {})
+                                                .get("steps") or [{}])[0].get("state") == "Waiting", timeout=60)
+    (proxy.outage if mode == "outage" else proxy.blackhole)(True)
+    started = time.monotonic()
+    try:
+        time.sleep(seconds)
+        # Meanwhile the rollout finished without the operator (the controllers never lost the
+        # API server): the rollback cannot have ended, since the operator saw none of it.
+        assert get_rollback(api_client, namespace, "undo")["status"]["phase"] == "Running"
+    finally:
+        (proxy.outage if mode == "outage" else proxy.blackhole)(False)
+    healed = time.monotonic()
+    rb = wait_phase(api_client, namespace, "undo", {"Succeeded", "Failed", "Interrupted"}, timeout=240)
+    print(f"{mode} {healed - started:.0f}s; the rollback ended {time.monotonic() - healed:.1f}s after it, "
+          f"phase {rb['status']['phase']}")
+    _assert_restored_once(cluster, api_client, apps, namespace, rs, "undo", proxy, op)
+    assert op.proc.poll() is None, "the operator died"

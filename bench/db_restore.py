@@ -373,10 +373,10 @@ def seed(bed: Bed, dump: Path) -> dict:
             "cpu_seconds": cpu_delta(cpu0, cpu_snapshot(bed))}
 
 
-def rollback_manifest(waive: bool) -> dict:
+def rollback_manifest(waive: bool, compression: str = "Fast") -> dict:
     database = {"connection": {"secretRef": {"name": SECRET, "key": "DATABASE_URL"}},
                 "restoreFrom": {"persistentVolumeClaim": {"claimName": CLAIM, "path": DUMP_PATH}},
-                "verify": {"tables": TABLES}, "image": "postgres:16"}
+                "verify": {"tables": TABLES}, "image": "postgres:16", "backupCompression": compression}
     if waive:
         database |= {"preRollbackBackup": False, "waiveBackupReason": "benchmark"}
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Rollback", "metadata": {"name": ROLLBACK},
@@ -408,7 +408,7 @@ def job_pod_times(runner_log: Path, namespace: str) -> dict[str, dict]:
     return out
 
 
-def rewind(bed: Bed, dump: Path, label: str, waive: bool) -> dict:
+def rewind(bed: Bed, dump: Path, label: str, waive: bool, compression: str = "Fast") -> dict:
     pg = bed.pg
     ns = f"bench-{label}-{secrets.token_hex(3)}"
     # --- set-up, outside the clock ---
@@ -428,7 +428,7 @@ def rewind(bed: Bed, dump: Path, label: str, waive: bool) -> dict:
         "data": {"DATABASE_URL": base64.b64encode(pg.dsn(LIVE).encode()).decode()}})
     op_log = bed.run_dir / f"operator-{ns}.log"
     bed.start_operator(ns, op_log)
-    manifest = yaml.safe_dump(rollback_manifest(waive))
+    manifest = yaml.safe_dump(rollback_manifest(waive, compression))
     settle(pg)
     cpu0 = bed.operator_cpu_seconds()
     cpu_all0 = cpu_snapshot(bed)
@@ -604,6 +604,8 @@ def main() -> int:
     parser.add_argument("--compress", type=int, default=0,
                         help="pg_dump --compress level of the backup (default 0: the dump is about as "
                              "large as the data, so a 200 MB database gives a dump of 200 MB or more)")
+    parser.add_argument("--backup-compression", default="Fast", choices=["Fast", "None", "Default"],
+                        help="the Rollback's spec.database.backupCompression (default Fast, the operator's default)")
     parser.add_argument("--results-dir", type=Path, default=HERE / "results", help="where the JSON goes")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs) afterwards")
     args = parser.parse_args()
@@ -637,7 +639,8 @@ def main() -> int:
                 "dump_bytes": dump.stat().st_size, "dump_mb": round(mb(dump.stat().st_size), 1),
                 "rows": gen["rows"], "generate_seconds": gen["generate_seconds"],
                 "pg_dump_seconds": round(dump_seconds, 1), "rounds": args.rounds,
-                "size_mb_requested": args.size_mb, "dump_compress": args.compress}
+                "size_mb_requested": args.size_mb, "dump_compress": args.compress,
+                "backup_compression": args.backup_compression}
         say(f"    {meta['database_mb']} MB in {gen['generate_seconds']}s, rows {gen['rows']}; "
             f"dump {meta['dump_mb']} MB in {dump_seconds:.1f}s")
 
@@ -657,7 +660,8 @@ def main() -> int:
                     say(f"    {res['seconds']:.2f}s (pg_dump {res['pg_dump_seconds']:.2f}s, "
                         f"createdb + pg_restore {res['restore_seconds']:.2f}s)")
                 else:
-                    res = rewind(bed, dump, f"r{r + 1}-{v.split('-')[1]}", waive=(v == "rewind-waived"))
+                    res = rewind(bed, dump, f"r{r + 1}-{v.split('-')[1]}", waive=(v == "rewind-waived"),
+                                 compression=args.backup_compression)
                     expected = gen["rows"]["users"]
                     if res["live_users_after"] != expected or res["pre_rollback_users_after"] != expected + LATE_ROWS:
                         raise RuntimeError(f"the swap did not restore the dump: {res}")
@@ -677,13 +681,15 @@ def main() -> int:
                            "python": platform.python_version(), "postgres": pg_version,
                            "control_plane": bins},
                "notes": "pg_restore = createdb + pg_restore --single-transaction --exit-on-error "
-                        "--no-owner into a fresh database; Rewind = kubectl apply of the Rollback to "
+                        "--no-owner into a fresh database; seed = pg_dump of the live database to a "
+                        "plain SQL file (as production-rollback-plan.md), then the same; Rewind = kubectl apply of the Rollback to "
                         "phase Succeeded (check, [backup,] restore into staging, verify, swap). "
                         "Job pods run as local processes (the test bed's job runner), PostgreSQL "
                         "with fsync=off.",
                "data": meta, "summary": summary, "runs": runs}
         args.results_dir.mkdir(parents=True, exist_ok=True)
-        out = args.results_dir / f"db_restore-{started:%Y-%m-%d}.json"
+        suffix = "" if args.backup_compression == "Fast" else f"-{args.backup_compression.lower()}"
+        out = args.results_dir / f"db_restore-{started:%Y-%m-%d}{suffix}.json"
         out.write_text(json.dumps(doc, indent=2) + "\n")
         say(f"\nresults: {out}")
         ok = True

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes import client, watch
 from kubernetes.client import ApiException
 
@@ -176,7 +177,11 @@ class LeakScan:
         self.versions: list[tuple[str, dict]] = []
         self._errors: list[str] = []
         self._lock, self._stop = threading.Lock(), threading.Event()
-        self._audit = Tail(cluster.audit_log) if cluster.audit_log else None
+        if not getattr(cluster, "audit_log", None):
+            pytest.fail("the leak scan reads every request body in the API server's audit log, and this "
+                        "cluster gives the tests none (REWIND_TEST_EXISTING_CLUSTER): it would see less "
+                        "than it says")
+        self._audit = Tail(cluster.audit_log)
         self._pg_log = None
         if postgres is not None:
             self._pg_log = Tail(postgres.proc.log)

@@ -20,6 +20,7 @@ import time
 import traceback
 
 import kopf
+import urllib3
 from pydantic import ValidationError
 
 from rewind import crashpoints, engine, history, metrics
@@ -36,6 +37,7 @@ MAX_CONSECUTIVE_ERRORS = 12   # with backoff 2, 4, ... 30 s: about five minutes
 GIVE_UP_ATTEMPTS = 5          # recording the failure itself, 60 s apart; then the log says it
 WATCH_SLICE = 5.0             # a wait's watch is renewed this often, so a stop is seen soon
 MIN_WAIT = 0.05
+EVENT_ATTEMPTS = 3
 _state: dict[str, Kube] = {}
 
 
@@ -115,11 +117,20 @@ def _emitter(k: Kube, obj: dict):
     def emit(type_: str, reason: str, message: str) -> None:
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Rollback", "metadata": meta}
-        try:
-            k.create(EVENTS, meta["namespace"], build_event(involved, type_, reason, message, host, now))
-        except KubeError as e:
-            log.warning("could not post Event %s for %s/%s: %s", reason, meta["namespace"],
-                        meta["name"], e)
+        event = build_event(involved, type_, reason, message, host, now)
+        # An Event is told, not recorded (status is the record): a throttled or lost request is
+        # tried again twice, then given up with a warning; it never fails the pass that emits it.
+        for attempt in range(EVENT_ATTEMPTS):
+            try:
+                k.create(EVENTS, meta["namespace"], event)
+                break
+            except (KubeError, urllib3.exceptions.HTTPError, OSError) as e:
+                if attempt + 1 < EVENT_ATTEMPTS and (not isinstance(e, KubeError) or e.transient):
+                    time.sleep(0.3 * (attempt + 1))
+                    continue
+                log.warning("could not post Event %s for %s/%s: %s", reason, meta["namespace"],
+                            meta["name"], _describe(e))
+                break
         log.info("%s/%s: %s: %s", meta["namespace"], meta["name"], reason, message)
 
     return emit

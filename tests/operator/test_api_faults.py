@@ -72,12 +72,13 @@ def _assert_restored_once(cluster, api_client, apps, namespace: str, rs: dict, n
     assert after["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "4"
     assert rolled_out(apps, namespace, "web")
     # Exactly once, as the API server saw it: one patch of the Deployment, one report ConfigMap,
-    # one Event of each outcome.
+    # never two Events of one outcome (an Event is told, not recorded: one lost to the faults
+    # after its retries is allowed; status is the record, checked above).
     writes = audit_writes(cluster, namespace, "deployments", "web")
     assert writes is not None, "no audit log: nothing can be proved"
     assert [w["verb"] for w in writes if (w.get("responseStatus") or {}).get("code", 200) < 400] == ["patch"], writes
     reasons = collections.Counter(e.reason for e in events_for(api_client, namespace, name))
-    assert reasons["RolledBack"] == 1 and reasons["Succeeded"] == 1, reasons
+    assert reasons["RolledBack"] <= 1 and reasons["Succeeded"] <= 1 and reasons["Planned"] <= 1, reasons
     creates = [k for k, n in _operator_writes(cluster, namespace).items() if k[0] == "create" and k[1] == "configmaps"]
     assert len(creates) == 1, _operator_writes(cluster, namespace)
     step = rb["status"]["steps"][0]
@@ -90,12 +91,13 @@ def test_errors_throttling_resets_lost_answers_and_gone_watches_change_nothing_t
     rs = deploy_revisions(apps, namespace, "web", IMAGES)
     # The first patch of the Deployment is made but its answer lost; of the other requests, one in
     # six is answered 503, one in ten 429 with Retry-After, one in ten has its connection reset
-    # before it reaches the API server (a seeded draw each); every second watch ends at once with
-    # 410 Gone.
+    # before it reaches the API server, one in ten (watches too) arrives 1.5 s late (a seeded
+    # draw each); every second watch ends at once with 410 Gone.
     proxy.add(Rule("lose-response", method="PATCH", path=r"/deployments/web(\?|$)", times=1))
     proxy.add(Rule("status", status=503, probability=1 / 6, seed=1, watch=False))
     proxy.add(Rule("status", status=429, retry_after=1, probability=0.1, seed=2, watch=False))
     proxy.add(Rule("reset", probability=0.1, seed=3, watch=False))
+    proxy.add(Rule("delay", delay=1.5, probability=0.1, seed=4))
     proxy.add(Rule("gone", watch=True, every=2))
     op = idle_operator.start()
     kubectl_apply(cluster, namespace, rollback("undo", [{"kind": "Deployment", "name": "web", "toRevision": "previous"}]))

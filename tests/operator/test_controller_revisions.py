@@ -69,5 +69,4 @@ def test_controller_revision_rollback(cluster, api_client, namespace, operator, 
     assert rb["status"]["steps"][0]["restoredRevision"] == 4
     assert rb["status"]["plan"][0]["toRevision"] == 2
     writes = audit_writes(cluster, namespace, kind.lower() + "s", "db")
-    if writes is not None:
-        assert [w["verb"] for w in writes] == ["patch"]
+    assert [w["verb"] for w in writes] == ["patch"]

@@ -228,9 +228,8 @@ def test_plan_changes_nothing(cluster, api_client, apps, namespace, rollback_crd
     assert after.metadata.generation == before.metadata.generation
     assert after.spec.template.to_dict() == before.spec.template.to_dict()
     writes = audit_writes(cluster, namespace, "rollbacks", user_agent_prefix="kubectl-rewind/")
-    if writes is not None:
-        assert len(writes) == 2 and all("dryRun=All" in w["requestURI"] for w in writes), writes
-        assert audit_writes(cluster, namespace, "deployments", user_agent_prefix="kubectl-rewind/") == []
+    assert len(writes) == 2 and all("dryRun=All" in w["requestURI"] for w in writes), writes
+    assert audit_writes(cluster, namespace, "deployments", user_agent_prefix="kubectl-rewind/") == []
 
 
 def test_plan_refusals(cluster, api_client, apps, namespace, rollback_crd, tmp_path):

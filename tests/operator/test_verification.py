@@ -123,7 +123,7 @@ def test_an_sql_check_without_a_connection_is_refused_before_anything_changes(
     planned = condition(rb, "Planned")
     assert planned["status"] == "False" and planned["reason"] == "InvalidSpec"
     assert "SQL check rows has no connection" in planned["message"]
-    assert audit_writes(cluster, namespace, "deployments") in ([], None)
+    assert audit_writes(cluster, namespace, "deployments") == []
 
 
 def test_tls_checks_look_at_the_certificate_actually_served(cluster, api_client, namespace, operator, tmp_path):

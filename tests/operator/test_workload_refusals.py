@@ -46,8 +46,7 @@ def _assert_refused(api_client, cluster, namespace, name, reason, fragment):
     assert "nothing was changed" in message and fragment in message, message
     assert rb["status"].get("plan", []) == [] and rb["status"].get("steps", []) == []
     writes = audit_writes(cluster, namespace, "deployments")
-    if writes is not None:
-        assert writes == []
+    assert writes == []
     return rb
 
 

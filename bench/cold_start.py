@@ -144,6 +144,7 @@ def seed(bed: Bed, namespaces: list[str], args) -> dict:
 
 def run(args) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="rewind-bench-cold-"))
+    source = source_revision()      # the commit measured, and the load average at the start
     bed = Bed.start(run_dir, audit_all=True)
     print(f"run dir: {run_dir}", flush=True)
     try:
@@ -166,9 +167,10 @@ def run(args) -> int:
         # Each Rollback flips its Deployment to the other template: after an odd number of them,
         # revision 1's image; after an even number, revision 2's (where it started).
         images = images_in_group(bed, SEED)
-        expected = {f"{namespaces[j % args.namespaces]}/app-{j}":
-                    f"registry.local/app:{1 if (args.finished // args.deployments + (j < args.finished % args.deployments)) % 2 else 2}"
-                    for j in range(args.deployments)}
+        runs = [args.finished // args.deployments + (j < args.finished % args.deployments)
+                for j in range(args.deployments)]
+        expected = {f"{namespaces[j % args.namespaces]}/app-{j}": f"registry.local/app:{1 if n % 2 else 2}"
+                    for j, n in enumerate(runs)}
         wrong = {k: v for k, v in images.items() if expected.get(k) != v}
         if wrong or len(images) != len(expected):
             raise RuntimeError(f"Deployments not where their Rollbacks put them: {list(wrong.items())[:5]}")
@@ -181,7 +183,8 @@ def run(args) -> int:
             rec = cold_start(bed, audit, namespaces, args.settle)
             stop_operator(bed)
             rounds.append(rec)
-            print(f"cold start {r + 1}: live {rec['live_s']} s, watching {rec['watching_s']} s, quiet {rec['quiet_s']} s, "
+            print(f"cold start {r + 1}: live {rec['live_s']} s, watching {rec['watching_s']} s, "
+                  f"quiet {rec['quiet_s']} s, "
                   f"RSS {rec['rss_mib']} MiB (peak {rec['vmhwm_mib']}), CPU {rec['cpu_s']} s, "
                   f"{rec['reads']} reads, {rec['writes']} writes {rec['writes_by'] or ''}", flush=True)
         keys = ("live_s", "watching_s", "quiet_s", "rss_mib", "vmhwm_mib", "cpu_s", "reads", "writes")
@@ -195,7 +198,7 @@ def run(args) -> int:
         out = Path(args.results_dir) / f"cold_start-{dt.date.today()}{'-' + args.tag if args.tag else ''}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({
-            "date": str(dt.date.today()), "source": source_revision(),
+            "date": str(dt.date.today()), "source": source,
             "finished": args.finished, "namespaces": args.namespaces, "deployments": args.deployments,
             "replicas": args.replicas, "rounds": args.rounds, "settle_s": args.settle,
             "seeding": seeding, "seeded_rollbacks_succeeded": seeding["succeeded"],

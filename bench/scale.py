@@ -46,7 +46,7 @@ from pathlib import Path
 import yaml
 
 from benchlib import (
-    OPERATOR_USER, AuditLog, Bed, RollbackWatch, Sampler, add_nodes, fmt_spread, group_objects,
+    ONCALL_USER, OPERATOR_USER, AuditLog, Bed, RollbackWatch, Sampler, add_nodes, fmt_spread, group_objects,
     images_in_group, make_revisions_many, rollback_doc, settle_many, source_revision, spread,
     wait_watching_namespaces,
 )
@@ -55,9 +55,17 @@ HERE = Path(__file__).resolve().parent
 MIB = 1024
 
 
-def kubectl_side(bed: Bed, targets: list[tuple[str, str]], parallel: int, timeout: float) -> tuple[float, list]:
+def last_patch(audit: AuditLog, user: str, since: float, count: int) -> float | None:
+    """Seconds from `since` (wall time) until `user` had patched `count` Deployments: when the
+    last undo was sent, before any rollout finished."""
+    at = sorted(r.at for r in audit.between(user, since) if r.verb == "patch" and r.resource == "deployments")
+    return round(at[count - 1] - since, 3) if len(at) >= count else None
+
+
+def kubectl_side(bed: Bed, audit: AuditLog, targets: list[tuple[str, str]], parallel: int,
+                 timeout: float) -> dict:
     """`kubectl rollout undo` + `rollout status` for every target, `parallel` at a time, as the
-    person; returns the seconds until the last one ended, and the failures."""
+    person; until the last one ended."""
     kubectl = [str(bed.cp.bin_dir / "kubectl"), f"--kubeconfig={bed.oncall_kubeconfig}"]
 
     def one(target: tuple[str, str]):
@@ -69,10 +77,11 @@ def kubectl_side(bed: Bed, targets: list[tuple[str, str]], parallel: int, timeou
                 return f"{ns}/{name}: kubectl {cmd[0]} {cmd[1]}: {out.stderr.strip()[:200]}"
         return None
 
-    t0 = time.monotonic()
+    wall0, t0 = time.time(), time.monotonic()
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         failures = [f for f in pool.map(one, targets) if f]
-    return time.monotonic() - t0, failures
+    return {"seconds": round(time.monotonic() - t0, 3), "failures": failures,
+            "last_patch_s": last_patch(audit, ONCALL_USER, wall0, len(targets))}
 
 
 def rewind_side(bed: Bed, audit: AuditLog, targets: list[tuple[str, str]], group: str,
@@ -96,6 +105,7 @@ def rewind_side(bed: Bed, audit: AuditLog, targets: list[tuple[str, str]], group
     hwm = Path(f"/proc/{bed.operator.pid}/status").read_text()
     return {
         "seconds": round(elapsed, 3), "apply_seconds": round(applied, 3),
+        "last_patch_s": last_patch(audit, OPERATOR_USER, wall0, len(targets)),
         "all_ended": finished, "phases": dict(Counter(watch.ended.values())),
         "not_ended": sorted(expected - set(watch.ended))[:20],
         "operator": {
@@ -113,6 +123,7 @@ def rewind_side(bed: Bed, audit: AuditLog, targets: list[tuple[str, str]], group
 
 def run(args) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="rewind-bench-scale-"))
+    source = source_revision()      # the commit measured, and the load average at the start
     bed = Bed.start(run_dir, audit_all=True)
     print(f"run dir: {run_dir}", flush=True)
     try:
@@ -138,12 +149,11 @@ def run(args) -> int:
             for side in order:
                 rec["settle_waits_s"].append(round(settle_many(bed, group, timeout=args.timeout), 2))
                 if side == "kubectl":
-                    cpu0 = Sampler(pid).start()
-                    seconds, failures = kubectl_side(bed, kube_targets, args.kubectl_parallel, args.timeout)
-                    rec["kubectl"] = {"seconds": round(seconds, 3), "failures": failures,
-                                      "operator_cpu_s_meanwhile": round(cpu0.stop().cpu_s, 2)}
-                    if failures:
-                        raise RuntimeError(f"kubectl failed: {failures[:3]}")
+                    idle = Sampler(pid).start()
+                    rec["kubectl"] = kubectl_side(bed, audit, kube_targets, args.kubectl_parallel, args.timeout)
+                    rec["kubectl"]["operator_cpu_s_meanwhile"] = round(idle.stop().cpu_s, 2)
+                    if rec["kubectl"]["failures"]:
+                        raise RuntimeError(f"kubectl failed: {rec['kubectl']['failures'][:3]}")
                 else:
                     rec["rewind"] = rewind_side(bed, audit, rw_targets, group, args.timeout)
                     if not rec["rewind"]["all_ended"] or set(rec["rewind"]["phases"]) != {"Succeeded"}:
@@ -161,7 +171,8 @@ def run(args) -> int:
             op = rec["rewind"]["operator"]
             print(f"round {r + 1} ({' first, '.join(order)} second): kubectl {rec['kubectl']['seconds']:.2f}s, "
                   f"rewind {rec['rewind']['seconds']:.2f}s "
-                  f"({rec['rewind']['seconds'] / rec['kubectl']['seconds']:.2f}x); operator peak RSS "
+                  f"({rec['rewind']['seconds'] / rec['kubectl']['seconds']:.2f}x); every Deployment patched after "
+                  f"{rec['kubectl']['last_patch_s']}s / {rec['rewind']['last_patch_s']}s; operator peak RSS "
                   f"{op['peak_rss_mib']} MiB, CPU {op['cpu_s_until_ready']} s, {op['writes']} writes",
                   flush=True)
             # The next round starts from a cluster without this round's pods.
@@ -174,6 +185,8 @@ def run(args) -> int:
         ratios = [rw / kc for rw, kc in zip(results["rewind"], results["kubectl"])]
         ratio = stats["rewind"]["median"] / stats["kubectl"]["median"]
         ops = [rec["rewind"]["operator"] for rec in rounds]
+        patched = {side: spread([rec[side]["last_patch_s"] for rec in rounds if rec[side]["last_patch_s"]])
+                   for side in ("kubectl", "rewind") if any(rec[side]["last_patch_s"] for rec in rounds)}
         operator = {"peak_rss_mib": spread([o["peak_rss_mib"] for o in ops]),
                     "vmhwm_mib_at_end": ops[-1]["vmhwm_mib"],
                     "cpu_s_until_ready": spread([o["cpu_s_until_ready"] for o in ops]),
@@ -185,19 +198,23 @@ def run(args) -> int:
         print(f"  kubectl rollout undo + rollout status (all):  {fmt_spread(stats['kubectl'])}")
         print(f"  Rewind apply to every Rollback Ready:         {fmt_spread(stats['rewind'])}")
         print(f"  ratio of medians {ratio:.2f}x; per-round ratios {fmt_spread(spread(ratios), 'x')}")
+        for side, st in patched.items():
+            print(f"  {side}: every Deployment patched (the last undo sent) after {fmt_spread(st)}")
         print(f"  operator: peak RSS {fmt_spread(operator['peak_rss_mib'], ' MiB', 1)}; "
-              f"CPU {fmt_spread(operator['cpu_s_until_ready'], ' s', 1)}; writes {fmt_spread(operator['writes'], '', 0)}")
+              f"CPU {fmt_spread(operator['cpu_s_until_ready'], ' s', 1)}; "
+              f"writes {fmt_spread(operator['writes'], '', 0)}")
         out = Path(args.results_dir) / f"scale-{dt.date.today()}{'-' + args.tag if args.tag else ''}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({
-            "date": str(dt.date.today()), "source": source_revision(),
+            "date": str(dt.date.today()), "source": source,
             "rollbacks": args.rollbacks, "namespaces": args.namespaces, "rounds": args.rounds,
             "replicas": args.replicas, "revisions": 3, "kubectl_parallel": args.kubectl_parallel,
             "kwok_nodes": nodes, "operator_namespaces_flag": True, "settled_before_timing": True,
             "runs": results, "stats": stats, "median": {k: s["median"] for k, s in stats.items()},
             "ratio_rewind_over_kubectl": round(ratio, 2),
             "per_round_ratios": [round(x, 3) for x in ratios], "per_round_ratio_stats": spread(ratios),
-            "operator": operator, "per_round": rounds, "loadavg_at_end": os.getloadavg()},
+            "every_deployment_patched_s": patched, "operator": operator, "per_round": rounds,
+            "loadavg_at_end": os.getloadavg()},
             indent=2) + "\n")
         print(f"results: {out}")
         return 0

@@ -18,8 +18,11 @@ it for --settle seconds from its start:
 - watching:  its watch of Rollbacks has started in every namespace (from the audit log: kopf
              lists the namespace's Rollbacks first, then watches from the list's version, so every
              finished Rollback has reached the operator);
+- daemons:   every finished Rollback's daemon has run and ended (kopf logs "Daemon 'rollback'
+             succeeded." at INFO for each; a finished Rollback's daemon returns at once, without
+             a request): the operator has worked through everything it listed;
 - quiet:     the first moment after `watching` from which the operator used under 0.03 CPU
-             seconds in a second (it has worked through what it listed);
+             seconds in a second;
 - at the end of the window: VmRSS and VmHWM, CPU seconds (utime + stime) since the start, and
   every request it sent (the API server's audit log logs every request of the operator's
   ServiceAccount): reads, and writes by verb/resource. The goal is zero writes: a finished
@@ -66,10 +69,22 @@ def stop_operator(bed: Bed) -> None:
     bed.operator.wait(timeout=30)
 
 
+def daemons_ended(log: Path, offset: int) -> list[float]:
+    """When each Rollback daemon ended, from the operator's log after `offset`: kopf logs
+    "Daemon 'rollback' succeeded." at INFO when one returns (a finished Rollback's at once)."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    return [dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            for line in text.split("\n") if "Daemon 'rollback' succeeded." in line]
+
+
 def cold_start(bed: Bed, audit: AuditLog, namespaces: list[str], settle: float) -> dict:
     """Starts the operator and watches it for `settle` seconds; leaves it running."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/healthz"
+    log = bed.run_dir / "operator.log"
+    offset = log.stat().st_size if log.exists() else 0
     wall0, t0 = time.time(), time.monotonic()
     bed.start_operator(args=("--liveness", url))
     pid = bed.operator.pid
@@ -95,6 +110,7 @@ def cold_start(bed: Bed, audit: AuditLog, namespaces: list[str], settle: float) 
                 pass
         time.sleep(0.1)
     mem, cpu = memory_kib(pid), cpu_seconds(pid)
+    ended = daemons_ended(log, offset)
     requests = audit.between(OPERATOR_USER, wall0)
     writes = [r for r in requests if r.kind == "write"]
     quiet = None
@@ -108,6 +124,7 @@ def cold_start(bed: Bed, audit: AuditLog, namespaces: list[str], settle: float) 
         "live_s": round(live, 3) if live is not None else None,
         "watching_s": round(watching, 3) if watching is not None else None,
         "quiet_s": round(quiet, 3) if quiet is not None else None,
+        "daemons_ended": len(ended), "all_daemons_ended_s": round(max(ended) - wall0, 3) if ended else None,
         "window_s": settle, "rss_mib": round(mem["VmRSS"] / MIB, 1), "vmhwm_mib": round(mem["VmHWM"] / MIB, 1),
         "cpu_s": round(cpu, 2), "reads": sum(r.kind == "read" for r in requests),
         "reads_by": dict(Counter(f"{r.verb} {r.resource}" for r in requests if r.kind == "read").most_common()),
@@ -184,10 +201,12 @@ def run(args) -> int:
             stop_operator(bed)
             rounds.append(rec)
             print(f"cold start {r + 1}: live {rec['live_s']} s, watching {rec['watching_s']} s, "
+                  f"{rec['daemons_ended']} daemons ended by {rec['all_daemons_ended_s']} s, "
                   f"quiet {rec['quiet_s']} s, "
                   f"RSS {rec['rss_mib']} MiB (peak {rec['vmhwm_mib']}), CPU {rec['cpu_s']} s, "
                   f"{rec['reads']} reads, {rec['writes']} writes {rec['writes_by'] or ''}", flush=True)
-        keys = ("live_s", "watching_s", "quiet_s", "rss_mib", "vmhwm_mib", "cpu_s", "reads", "writes")
+        keys = ("live_s", "watching_s", "all_daemons_ended_s", "quiet_s", "rss_mib", "vmhwm_mib", "cpu_s",
+                "reads", "writes")
         stats = {k: spread([rec[k] for rec in rounds if rec[k] is not None]) for k in keys
                  if any(rec[k] is not None for rec in rounds)}
         print(f"\n{args.rounds} cold starts over {args.finished} finished Rollbacks in {args.namespaces} namespaces "

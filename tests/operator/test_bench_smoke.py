@@ -55,7 +55,8 @@ def test_cold_start_benchmark_runs(tmp_path):
     assert r["seeding"]["succeeded"] == r["seeded_rollbacks_succeeded"] == 10
     assert r["deployments_where_their_rollbacks_put_them"] == 5
     (rnd,) = r["per_round"]
-    for key in ("live_s", "watching_s", "rss_mib", "vmhwm_mib", "cpu_s"):
+    assert rnd["daemons_ended"] == 10       # every finished Rollback reached the restarted operator
+    for key in ("live_s", "watching_s", "all_daemons_ended_s", "rss_mib", "vmhwm_mib", "cpu_s"):
         assert rnd[key] is not None and rnd[key] > 0, (key, rnd)
     assert rnd["reads"] > 0 and rnd["reads_by"].get("list rollbacks") == 2
     assert isinstance(rnd["writes"], int) and set(r["stats"]) >= {"live_s", "rss_mib", "writes"}

@@ -47,7 +47,7 @@ import yaml
 
 from benchlib import (
     ONCALL_USER, OPERATOR_USER, AuditLog, Bed, RollbackWatch, Sampler, add_nodes, fmt_spread, group_objects,
-    images_in_group, make_revisions_many, rollback_doc, settle_many, source_revision, spread,
+    images_in_group, make_revisions_many, memory_kib, rollback_doc, settle_many, source_revision, spread,
     wait_watching_namespaces,
 )
 
@@ -102,7 +102,6 @@ def rewind_side(bed: Bed, audit: AuditLog, targets: list[tuple[str, str]], group
     quiet_until = audit.quiet(OPERATOR_USER, wall0, seconds=2.0, timeout=60)
     requests = audit.between(OPERATOR_USER, wall0, quiet_until + 0.001)
     writes = [r for r in requests if r.kind == "write"]
-    hwm = Path(f"/proc/{bed.operator.pid}/status").read_text()
     return {
         "seconds": round(elapsed, 3), "apply_seconds": round(applied, 3),
         "last_patch_s": last_patch(audit, OPERATOR_USER, wall0, len(targets)),
@@ -110,7 +109,7 @@ def rewind_side(bed: Bed, audit: AuditLog, targets: list[tuple[str, str]], group
         "not_ended": sorted(expected - set(watch.ended))[:20],
         "operator": {
             "peak_rss_mib": round(sampler.peak_kib / MIB, 1),
-            "vmhwm_mib": round(int(hwm.split("VmHWM:")[1].split()[0]) / MIB, 1),
+            "vmhwm_mib": round(memory_kib(bed.operator.pid)["VmHWM"] / MIB, 1),
             "cpu_s_until_ready": round(cpu_ready, 2),
             "writes": len(writes), "reads": sum(r.kind == "read" for r in requests),
             "reviews": sum(r.kind == "review" for r in requests),

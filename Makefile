@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap test test-long unit fuzz demo demo-undo demo-gitops cluster crd manifests clean bench
+.PHONY: bootstrap test test-long unit fuzz demo demo-undo demo-gitops cluster crd manifests clean bench bench-scale
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -33,6 +33,10 @@ bench: bootstrap  ## benchmarks (not tests): Rewind against the manual alternati
 	$(PY) bench/workload_undo.py
 	$(PY) bench/api_requests.py
 	$(PY) bench/db_restore.py
+
+bench-scale: bootstrap  ## the long tier: 100 Rollbacks at once in 10 namespaces against 100 kubectl undos; a cold start over 1000 finished Rollbacks
+	$(PY) bench/scale.py --rollbacks 100 --namespaces 10 --rounds 3
+	$(PY) bench/cold_start.py --finished 1000 --namespaces 10 --rounds 5
 
 cluster: bootstrap  ## start the local control plane in the foreground; prints how to use kubectl
 	.venv/bin/rewind-testbed up

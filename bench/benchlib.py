@@ -148,9 +148,10 @@ class Bed:
             time.sleep(0.1)
         return name
 
-    def start_operator(self, env: dict[str, str] | None = None, verbose: bool = False) -> subprocess.Popen:
+    def start_operator(self, env: dict[str, str] | None = None, verbose: bool = False,
+                       args: tuple[str, ...] = ()) -> subprocess.Popen:
         """`rewind run` as a separate process, as the operator's ServiceAccount, for the
-        namespaces made so far (as `python -m rewind.cli run`, like the tests)."""
+        namespaces made so far (as `python -m rewind.cli run`, like the tests), with `args` added."""
         token = self.kubectl("create", "token", OPERATOR_SA, "-n", SYSTEM_NS, "--duration=6h").stdout.strip()
         self.operator_kubeconfig = kubeconfig_for(self.cp, token, self.run_dir / "operator.kubeconfig",
                                                   OPERATOR_SA, self.namespaces[0])
@@ -159,6 +160,7 @@ class Bed:
             argv += ["--namespace", ns]
         if verbose:
             argv.append("--verbose")
+        argv += args
         log = open(self.run_dir / "operator.log", "ab")
         self.operator = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env={**os.environ, **(env or {})})
@@ -219,6 +221,12 @@ def _settled(bed: Bed, namespace: str, name: str) -> str | None:
     selector = ",".join(f"{k}={v}" for k, v in d["spec"]["selector"]["matchLabels"].items())
     doc = json.loads(bed.kubectl("get", "replicasets,pods", "-n", namespace, "-l", selector,
                                  "-o", "json").stdout)
+    return moving(d, doc["items"])
+
+
+def moving(d: dict, items: list[dict]) -> str | None:
+    """None when the Deployment `d` is settled, else what is still moving; `items` are its
+    ReplicaSets and pods (those its selector matches)."""
     want, st = d["spec"]["replicas"], d.get("status", {})
     if st.get("observedGeneration", 0) < d["metadata"]["generation"]:
         return "generation not observed"
@@ -228,7 +236,7 @@ def _settled(bed: Bed, namespace: str, name: str) -> str | None:
     if st.get("terminatingReplicas"):
         return f"deployment terminatingReplicas={st['terminatingReplicas']}"
     revision = d["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision")
-    for rs in (o for o in doc["items"] if o["kind"] == "ReplicaSet"):
+    for rs in (o for o in items if o["kind"] == "ReplicaSet"):
         current = rs["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision") == revision
         rst = rs.get("status", {})
         if not current and (rs["spec"].get("replicas", 0) or rst.get("replicas", 0)
@@ -237,7 +245,7 @@ def _settled(bed: Bed, namespace: str, name: str) -> str | None:
         if current and (rst.get("observedGeneration", 0) < rs["metadata"]["generation"]
                         or rst.get("readyReplicas", 0) != want or rst.get("availableReplicas", 0) != want):
             return f"current ReplicaSet {rs['metadata']['name']} not ready"
-    pods = [o for o in doc["items"] if o["kind"] == "Pod"]
+    pods = [o for o in items if o["kind"] == "Pod"]
     if any(p["metadata"].get("deletionTimestamp") for p in pods):
         return "pods terminating"
     if len(pods) != want:
@@ -261,6 +269,137 @@ def settle(bed: Bed, namespace: str, names: list[str], timeout: float = 120, qui
         if time.monotonic() > deadline:
             raise TimeoutError(f"not settled after {timeout}s: {'; '.join(moving)}")
         time.sleep(0.1)
+
+
+# --- many Deployments at once (scale.py, cold_start.py) ------------------------------------------
+# The same history and the same settled state as above, for a hundred Deployments or more: one
+# kubectl apply per revision and one list per look, instead of a few kubectl calls per Deployment.
+
+GROUP_LABEL = "rewind.dev/bench-group"
+
+
+def add_nodes(bed: Bed, pods: int, per_node: int = 110) -> int:
+    """More kwok nodes, like the test bed's own, until the nodes can hold `pods` pods; returns
+    how many nodes there are."""
+    nodes = json.loads(bed.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    have = len(nodes)
+    need = -(-pods // per_node)
+    extra = [{"apiVersion": "v1", "kind": "Node",
+              "metadata": {"name": f"kwok-bench-node-{i}", "annotations": {"kwok.x-k8s.io/node": "fake"},
+                           "labels": {"type": "kwok", "kubernetes.io/hostname": f"kwok-bench-node-{i}",
+                                      "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}},
+              "status": {"allocatable": {"cpu": "32", "memory": "256Gi", "pods": str(per_node)},
+                         "capacity": {"cpu": "32", "memory": "256Gi", "pods": str(per_node)}}}
+             for i in range(have, need)]
+    if extra:
+        bed.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(extra))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready = [n for n in json.loads(bed.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+                     if any(c["type"] == "Ready" and c["status"] == "True"
+                            for c in n.get("status", {}).get("conditions", []))]
+            if len(ready) >= need:
+                break
+            time.sleep(0.5)
+        else:
+            raise TimeoutError(f"the extra kwok nodes are not Ready (want {need})")
+    return max(have, need)
+
+
+def grouped_deployment(name: str, namespace: str, image: str, replicas: int, group: str) -> dict:
+    """deployment(), labelled with its group (the Deployment and its pods and ReplicaSets)."""
+    d = deployment(name, namespace, image, replicas)
+    d["metadata"]["labels"] = {GROUP_LABEL: group}
+    d["spec"]["template"]["metadata"]["labels"][GROUP_LABEL] = group
+    return d
+
+
+def group_objects(bed: Bed, group: str, kinds: str = "deployments,replicasets,pods") -> list[dict]:
+    return json.loads(bed.kubectl("get", kinds, "-A", "-l", f"{GROUP_LABEL}={group}", "-o", "json",
+                                  timeout=300).stdout)["items"]
+
+
+def make_revisions_many(bed: Bed, targets: list[tuple[str, str]], replicas: int, group: str,
+                        revisions: int = 3, timeout: float = 600) -> float:
+    """make_revisions() for every (namespace, name) in `targets` at once: revision i of all of them
+    applied in one kubectl apply, then every rollout complete before revision i + 1. Returns the
+    seconds it took."""
+    t0 = time.monotonic()
+    for i in range(1, revisions + 1):
+        bed.kubectl("apply", "-f", "-", timeout=timeout, input=yaml.safe_dump_all(
+            [grouped_deployment(name, ns, f"registry.local/app:{i}", replicas, group) for ns, name in targets]))
+        deadline = time.monotonic() + timeout
+        while True:
+            deps = group_objects(bed, group, "deployments")
+            behind = [d["metadata"]["name"] for d in deps if not _rolled_out(d, str(i))]
+            if len(deps) == len(targets) and not behind:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"revision {i} not rolled out after {timeout}s: {behind[:5]}...")
+            time.sleep(0.5)
+    return time.monotonic() - t0
+
+
+def _rolled_out(d: dict, revision: str) -> bool:
+    """What `kubectl rollout status` waits for, at the given revision."""
+    want, st = d["spec"]["replicas"], d.get("status", {})
+    return (d["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision") == revision
+            and st.get("observedGeneration", 0) >= d["metadata"]["generation"]
+            and all(st.get(k, 0) == want for k in ("replicas", "updatedReplicas", "availableReplicas")))
+
+
+def _moving_in_group(bed: Bed, group: str) -> list[str]:
+    objs = group_objects(bed, group)
+    owned: dict[tuple[str, str], list[dict]] = {}
+    for o in objs:
+        if o["kind"] != "Deployment":
+            owned.setdefault((o["metadata"]["namespace"], o["metadata"]["labels"].get("app", "")), []).append(o)
+    return [f"{d['metadata']['namespace']}/{d['metadata']['name']}: {m}" for d in objs if d["kind"] == "Deployment"
+            and (m := moving(d, owned.get((d["metadata"]["namespace"], d["metadata"]["name"]), [])))]
+
+
+def settle_many(bed: Bed, group: str, timeout: float = 600, quiet: float = 0.5) -> float:
+    """settle() for every Deployment of `group` (one list of Deployments, ReplicaSets and pods
+    per look). Returns how long it waited."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    while True:
+        still = _moving_in_group(bed, group)
+        if not still:
+            time.sleep(quiet)
+            still = _moving_in_group(bed, group)
+            if not still:
+                return time.monotonic() - t0
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(still)} not settled after {timeout}s: {'; '.join(still[:5])}")
+        time.sleep(0.25)
+
+
+def images_in_group(bed: Bed, group: str) -> dict[str, str]:
+    """namespace/name -> the image of each Deployment of `group`."""
+    return {f"{d['metadata']['namespace']}/{d['metadata']['name']}":
+            d["spec"]["template"]["spec"]["containers"][0]["image"] for d in group_objects(bed, group, "deployments")}
+
+
+# --- the operator process -----------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the process so far (/proc/<pid>/stat utime + stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (the peak so far) of the process, in KiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().split("\n"):
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
 
 
 def image_of(bed: Bed, namespace: str, name: str) -> str:
@@ -375,3 +514,154 @@ def tally(requests: list[Request]) -> Counter:
 
 def by_kind(requests: list[Request]) -> Counter:
     return Counter(r.kind for r in requests)
+
+
+class Sampler:
+    """Samples the operator's VmRSS every `interval` seconds in a thread; `peak_kib` is the largest
+    sample, `cpu_s` the CPU seconds between start() and stop()."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        import threading
+        self.pid, self.interval = pid, interval
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.cpu_s = 0.0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(memory_kib(self.pid)["VmRSS"])
+            self._stop.wait(self.interval)
+
+    def start(self) -> "Sampler":
+        self._cpu0 = cpu_seconds(self.pid)
+        self._thread.start()
+        return self
+
+    def stop(self) -> "Sampler":
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(memory_kib(self.pid)["VmRSS"])
+        self.cpu_s = cpu_seconds(self.pid) - self._cpu0
+        return self
+
+    @property
+    def peak_kib(self) -> int:
+        return max(self.samples)
+
+
+def wait_watching_namespaces(bed: Bed, audit: AuditLog, namespaces: list[str], since: float,
+                             timeout: float = 120) -> float:
+    """Until the operator (started at wall time `since`) has a watch of Rollbacks open in each of
+    `namespaces` (it has listed them all first: kopf lists, then watches from the list's version);
+    needs the audit policy that logs reads (Bed.start(audit_all=True)). Returns the wall time of
+    the last of those watch requests."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if bed.operator and bed.operator.poll() is not None:
+            raise RuntimeError(f"the operator exited with {bed.operator.returncode}; "
+                               f"see {bed.run_dir / 'operator.log'}")
+        watches = {}
+        for r in audit.between(OPERATOR_USER, since):
+            if r.verb == "watch" and r.resource == "rollbacks" and r.namespace not in watches:
+                watches[r.namespace] = r.at
+        if all(ns in watches for ns in namespaces):
+            return max(watches[ns] for ns in namespaces)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the operator watches Rollbacks in {sorted(watches)} only; "
+                               f"see {bed.run_dir / 'operator.log'}")
+        time.sleep(0.1)
+
+
+# --- Rollbacks, watched ---------------------------------------------------------------------------
+
+
+def rollback_doc(name: str, namespace: str, target: str, group: str) -> dict:
+    """A Rollback of the Deployment `target` to its previous revision, labelled with its group."""
+    return {"apiVersion": "rewind.dev/v1alpha1", "kind": "Rollback",
+            "metadata": {"name": name, "namespace": namespace, "labels": {GROUP_LABEL: group}},
+            "spec": {"severity": "High", "reason": "benchmark",
+                     "application": [{"name": target, "toRevision": "previous"}]}}
+
+
+def _ready(rb: dict) -> bool:
+    st = rb.get("status") or {}
+    return st.get("phase") == "Succeeded" and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions", []))
+
+
+class RollbackWatch:
+    """A watch (the admin's, from the bench process) of the Rollbacks of a group, cluster-wide:
+    when each one became Ready (phase Succeeded, Ready=True) or ended otherwise. Start it before
+    the Rollbacks are applied; `wait()` returns when every expected one has ended."""
+
+    TERMINAL = ("Planned", "Succeeded", "Failed", "Interrupted")
+
+    def __init__(self, bed: Bed, group: str, expected: set[str]):
+        import threading
+        from kubernetes import config
+        self.api_client = config.new_client_from_config(config_file=str(bed.cp.kubeconfig))
+        self.group, self.expected = group, set(expected)     # "namespace/name"
+        self.ready_at: dict[str, float] = {}
+        self.ended: dict[str, str] = {}                       # "namespace/name" -> final phase
+        self._listed = threading.Event()
+        self._done = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "RollbackWatch":
+        self._thread.start()
+        if not self._listed.wait(60):
+            raise TimeoutError("could not list Rollbacks")
+        return self
+
+    def _see(self, rb: dict) -> None:
+        key = f"{rb['metadata']['namespace']}/{rb['metadata']['name']}"
+        if key not in self.expected or key in self.ended:
+            return
+        phase = (rb.get("status") or {}).get("phase")
+        if _ready(rb):
+            self.ready_at[key] = time.monotonic()
+            self.ended[key] = phase
+        elif phase in self.TERMINAL:
+            self.ended[key] = phase
+        if len(self.ended) == len(self.expected):
+            self._done.set()
+
+    def _run(self) -> None:
+        from kubernetes import client, watch
+        api = client.CustomObjectsApi(self.api_client)
+        selector = f"{GROUP_LABEL}={self.group}"
+        rv = None
+        while not self._stop.is_set() and not self._done.is_set():
+            try:
+                if rv is None:
+                    listed = api.list_cluster_custom_object("rewind.dev", "v1alpha1", "rollbacks",
+                                                            label_selector=selector)
+                    for rb in listed["items"]:
+                        self._see(rb)
+                    rv = listed["metadata"]["resourceVersion"]
+                    self._listed.set()
+                for ev in watch.Watch().stream(api.list_cluster_custom_object, "rewind.dev", "v1alpha1",
+                                               "rollbacks", label_selector=selector, resource_version=rv,
+                                               timeout_seconds=10):
+                    if ev["type"] == "ERROR":
+                        rv = None
+                        break
+                    rv = ev["object"]["metadata"]["resourceVersion"]
+                    self._see(ev["object"])
+                    if self._done.is_set() or self._stop.is_set():
+                        break
+            except Exception:   # noqa: BLE001 - a broken watch lists again
+                rv = None
+                time.sleep(0.2)
+
+    def wait(self, timeout: float) -> bool:
+        """True when every expected Rollback ended within `timeout`."""
+        ok = self._done.wait(timeout)
+        self._stop.set()
+        return ok
+
+    @property
+    def last_ready(self) -> float:
+        return max(self.ready_at.values())

@@ -47,6 +47,7 @@ NS = "bench"
 
 
 def run(args) -> int:
+    source = source_revision()     # now, so that its load average is the one at the start
     run_dir = Path(tempfile.mkdtemp(prefix="rewind-bench-undo-"))
     bed = Bed.start(run_dir)
     try:
@@ -93,7 +94,7 @@ def run(args) -> int:
         out = Path(args.results_dir) / f"workload_undo-{dt.date.today()}{'-' + args.tag if args.tag else ''}.json"
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps({
-            "date": str(dt.date.today()), "source": source_revision(),
+            "date": str(dt.date.today()), "source": source,
             "rounds": args.rounds, "replicas": args.replicas, "settled_before_timing": True,
             "runs": results, "stats": stats, "median": {k: s["median"] for k, s in stats.items()},
             "ratio_rewind_over_kubectl": round(ratio, 2),

@@ -104,6 +104,7 @@ class Context:
     rollback: Rollback = field(init=False)
     _policy: object = field(default=None, init=False, repr=False)
     _policy_name: str = field(default="", init=False, repr=False)
+    _after_save: list = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.rollback = Rollback.model_validate(self.obj)
@@ -161,6 +162,15 @@ class Context:
         are cleared."""
         self.status.observed_generation = self.generation
         self.obj = self.save_status(self.status.dump())
+        events, self._after_save = self._after_save, []
+        for event in events:
+            self.emit(*event)
+
+    def emit_once_saved(self, type_: str, reason: str, message: str) -> None:
+        """An Event about something status will hold but does not yet: posted after the next
+        write of status succeeds, so a pass that fails before it (and is done again) never tells
+        it twice."""
+        self._after_save.append((type_, reason, message))
 
     def _unsaved(self) -> bool:
         """Whether status holds changes not yet written (other than a waiting step's progress)."""

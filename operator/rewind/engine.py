@@ -121,7 +121,7 @@ def _plan(ctx: Context) -> Wait | None:
     ctx.condition(C.PLANNED, "True", C.PLAN_READY, f"Plan of {len(steps)} step(s): {summary}."
                   + "".join(f" Warning: {w}." for w in warnings))
     for w in warnings:
-        ctx.emit("Warning", "ManagedSecret", w)
+        ctx.emit_once_saved("Warning", "ManagedSecret", w)
     if spec.dry_run:
         message = f"Dry run: {summary}. Nothing was changed; the diffs are in status.plan."
         return _terminal(ctx, Phase.PLANNED, C.DRY_RUN, message, ready=True)
@@ -137,8 +137,8 @@ def _plan(ctx: Context) -> Wait | None:
     # Not saved here: the first write of the run carries the plan, whether the outbox's (it saves
     # before sending) or the first step's (every step saves its intent, or its outcome, before
     # any side effect), so the plan and the first intent cost one write.
-    ctx.emit("Normal", "Planned", f"{spec.severity} rollback requested ({spec.reason}); plan of "
-                                  f"{len(steps)} step(s): {summary}")
+    ctx.emit_once_saved("Normal", "Planned", f"{spec.severity} rollback requested ({spec.reason}); plan of "
+                                             f"{len(steps)} step(s): {summary}")
     notifications.deliver(ctx)   # people hear of it before the first step, not after
     return _execute(ctx)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -30,11 +31,12 @@ STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 class KubeError(Exception):
     """A non-2xx answer of the API server, with its status code and Status reason."""
 
-    def __init__(self, status: int, reason: str, message: str):
+    def __init__(self, status: int, reason: str, message: str, retry_after: float | None = None):
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after
 
     @property
     def transient(self) -> bool:
@@ -145,6 +147,17 @@ def _configure(cfg: client.Configuration) -> client.Configuration:
     return cfg
 
 
+REQUEST_ATTEMPTS = 4
+
+
+def _retry_after(headers) -> float | None:
+    try:
+        value = (headers or {}).get("Retry-After")
+        return float(value) if value is not None else None
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
 class Kube:
     def __init__(self, api: client.ApiClient):
         self.api = api
@@ -152,6 +165,21 @@ class Kube:
 
     def request(self, method: str, path: str, body: Any = None, query: dict | None = None,
                 content_type: str = "application/json") -> dict:
+        """One API request. Throttled or refused by an unavailable server (429, 503: the API
+        server did not act on it) it is sent again, any verb; a read is also sent again after
+        500, 502 or 504. At most REQUEST_ATTEMPTS times, waiting Retry-After (or 0.2, 0.4, 0.8 s),
+        at most 2 s each; then the error goes to the caller (the handler backs off the pass)."""
+        for attempt in range(REQUEST_ATTEMPTS):
+            try:
+                return self._request_once(method, path, body, query, content_type)
+            except KubeError as e:
+                again = e.status in (429, 503) or (method == "GET" and e.status in (500, 502, 504))
+                if not again or attempt + 1 == REQUEST_ATTEMPTS:
+                    raise
+                time.sleep(min(e.retry_after if e.retry_after is not None else 0.2 * 2 ** attempt, 2.0))
+        raise AssertionError("unreachable")
+
+    def _request_once(self, method: str, path: str, body: Any, query: dict | None, content_type: str) -> dict:
         params = list((query or {}).items())
         method, url, headers, body_out, _ = self.api.param_serialize(
             method=method, resource_path=path, query_params=params,
@@ -162,17 +190,18 @@ class Kube:
             resp = self.api.call_api(method, url, header_params=headers, body=body_out,
                                      _request_timeout=30)
             resp.read()
-            data, status = resp.data, resp.status
+            data, status, headers_in = resp.data, resp.status, resp.getheaders()
         except client.ApiException as e:  # some transports raise instead of returning
-            data, status = (e.body or b""), e.status
+            data, status, headers_in = (e.body or b""), e.status, e.headers
         if isinstance(data, (bytes, bytearray)):
             data = data.decode("utf-8", errors="replace")
         if status >= 400:
+            retry_after = _retry_after(headers_in)
             try:
                 st = json.loads(data)
-                raise KubeError(status, st.get("reason", ""), st.get("message", data))
             except ValueError:
-                raise KubeError(status, "", data[:500]) from None
+                raise KubeError(status, "", data[:500], retry_after) from None
+            raise KubeError(status, st.get("reason", ""), st.get("message", data), retry_after)
         return json.loads(data) if data else {}
 
     def watch_one(self, res: Resource, namespace: str, name: str | None, resource_version: str | None,

@@ -284,10 +284,13 @@ class FaultProxy:
                 headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:] if ":" in line]
                 names = {k.lower(): v for k, v in headers}
                 body = b""
-                if "content-length" in names:
-                    body = await reader.readexactly(int(names["content-length"]))
-                elif names.get("transfer-encoding", "").lower() == "chunked":
-                    body = await _read_chunked(reader)
+                if "content-length" in names or names.get("transfer-encoding", "").lower() == "chunked":
+                    parts: list[bytes] = []
+
+                    async def keep(piece: bytes) -> None:
+                        parts.append(piece)
+                    await _relay(reader, names, keep)     # the same framing as a response's
+                    body = b"".join(parts)
                 self.requests += 1
                 await self._blackhole.wait()
                 if self._outage:
@@ -359,17 +362,6 @@ class FaultProxy:
             return False
         finally:
             up_w.transport.abort()
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    out = b""
-    while True:
-        size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
-        if size == 0:
-            await reader.readline()
-            return out
-        out += await reader.readexactly(size)
-        await reader.readline()
 
 
 async def _relay(reader: asyncio.StreamReader, names: dict[str, str], send) -> None:

@@ -9,7 +9,6 @@ believes), and nothing waits forever."""
 from __future__ import annotations
 
 import collections
-import json
 import os
 import time
 
@@ -45,24 +44,6 @@ def proxy(cluster, idle_operator, tmp_path):
     p.stop()
 
 
-def _operator_writes(cluster, namespace: str) -> collections.Counter:
-    """Every write the operator made in the namespace, by (verb, resource, subresource, name)."""
-    path = cluster.audit_log
-    text = path.read_text()
-    out: collections.Counter = collections.Counter()
-    for line in text[:text.rfind("\n") + 1].split("\n"):
-        if not line or namespace not in line:
-            continue
-        ev = json.loads(line)
-        ref = ev.get("objectRef") or {}
-        if (ev.get("verb") in ("create", "update", "patch", "delete") and ref.get("namespace") == namespace
-                and (ev.get("userAgent") or "").startswith("rewind/")
-                and (ev.get("responseStatus") or {}).get("code", 200) < 400):
-            name = ref.get("name") if ref.get("resource") != "events" else "-"
-            out[(ev["verb"], ref.get("resource"), ref.get("subresource") or "", name)] += 1
-    return out
-
-
 def _assert_restored_once(cluster, api_client, apps, namespace: str, rs: dict, name: str, proxy, op) -> dict:
     rb = get_rollback(api_client, namespace, name)
     assert rb["status"]["phase"] == "Succeeded", (rb["status"], op.output()[-4000:])
@@ -79,8 +60,9 @@ def _assert_restored_once(cluster, api_client, apps, namespace: str, rs: dict, n
     assert [w["verb"] for w in writes if (w.get("responseStatus") or {}).get("code", 200) < 400] == ["patch"], writes
     reasons = collections.Counter(e.reason for e in events_for(api_client, namespace, name))
     assert reasons["RolledBack"] <= 1 and reasons["Succeeded"] <= 1 and reasons["Planned"] <= 1, reasons
-    creates = [k for k, n in _operator_writes(cluster, namespace).items() if k[0] == "create" and k[1] == "configmaps"]
-    assert len(creates) == 1, _operator_writes(cluster, namespace)
+    reports = [w for w in audit_writes(cluster, namespace, "configmaps")
+               if w["verb"] == "create" and (w.get("responseStatus") or {}).get("code", 200) < 400]
+    assert len(reports) == 1, reports
     step = rb["status"]["steps"][0]
     assert step["state"] == "Succeeded" and step["restoredRevision"] == 4, step
     return rb

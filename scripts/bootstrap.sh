@@ -3,7 +3,8 @@
 #   - PostgreSQL server (Debian's `postgresql` package) for the database tests;
 #   - shellcheck (Debian's `shellcheck`), which a unit test runs on the database Jobs' scripts;
 #   - a Python virtual environment in .venv with the pinned packages;
-#   - the test control plane, built from the Go module proxy into ~/.cache/rewind (testbed/build.sh).
+#   - the test control plane, built from the Go module proxy into ~/.cache/rewind (testbed/build.sh),
+#     and Alertmanager, Helm and the Versity S3 Gateway the same way (testbed/build-*.sh).
 # Safe to run again: each part is skipped when it is already in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,4 +40,5 @@ command -v go >/dev/null || { log "Go is needed to build the test control plane"
 bash testbed/build.sh >/dev/null
 bash testbed/build-alertmanager.sh >/dev/null
 bash testbed/build-helm.sh >/dev/null
+bash testbed/build-versitygw.sh >/dev/null
 log "ready"

@@ -40,6 +40,7 @@ class Settings:
     """The operator's own settings (`rewind run` arguments)."""
 
     job_image: str = "postgres:16"
+    tool_image: str = "rewind:0.1.0"
 
 
 SETTINGS = Settings()
@@ -167,6 +168,13 @@ def required(spec: RollbackSpec, plan: list[PlanStep]) -> list[Permission]:
         add(Permission("create", "batch", "jobs", None, "the database steps run Jobs"))
         add(Permission("get", "", "secrets", spec.database.connection.secret_ref.name,
                        "the database connection"))
+        d = spec.database
+        for where, obj in (("the backup in object storage", d.restore_from.s3),
+                           ("the pre-rollback dump's object storage", d.backup_to.s3 if d.backup_to else None)):
+            if obj is not None:
+                add(Permission("get", "", "secrets", obj.credentials_secret_ref, f"credentials for {where}"))
+                if obj.ca_bundle:
+                    add(Permission("get", "", "configmaps", obj.ca_bundle.name, f"CA bundle for {where}"))
     for check in (spec.verification.sql or []) if spec.verification else []:
         if check.connection is not None:
             add(Permission("get", "", "secrets", check.connection.secret_ref.name, f"SQL check {check.name}"))

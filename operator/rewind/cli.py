@@ -60,6 +60,7 @@ def _run(args) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     from rewind import authz
     authz.SETTINGS.job_image = args.job_image
+    authz.SETTINGS.tool_image = args.tool_image
     from rewind.steps import gitops
     gitops.SETTINGS = gitops.Settings(argocd_namespace=args.argocd_namespace)
     import rewind.handlers  # noqa: F401 - registers the handlers
@@ -194,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--job-image", default="postgres:16", metavar="IMAGE",
                      help="the PostgreSQL client image of database Jobs when a Rollback names none, and "
                           "the only one allowed when the policy lists no jobImages (default postgres:16)")
+    run.add_argument("--tool-image", default=os.environ.get("REWIND_TOOL_IMAGE", f"rewind:{__version__}"),
+                     metavar="IMAGE",
+                     help="the image that fetches backups from object storage and uploads the "
+                          "pre-rollback dump there (`rewind s3`): the operator's own image "
+                          f"(default $REWIND_TOOL_IMAGE, else rewind:{__version__})")
     run.add_argument("--argocd-namespace", metavar="NS",
                      default=os.environ.get("REWIND_ARGOCD_NAMESPACE", "argocd"),
                      help="where Argo CD's Applications live, for targets it tracks by label or by a "
@@ -215,8 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--namespace", "-n")
     rep.add_argument("--kubeconfig")
     rep.set_defaults(func=_report)
+    s3 = sub.add_parser("s3", help="(in a database Job) fetch a backup from object storage, or upload one")
+    s3.add_argument("action", choices=("get", "put"))
+    s3.add_argument("file")
+    s3.set_defaults(func=_s3)
     register(sub)
     return parser
+
+
+def _s3(args) -> int:
+    from rewind.adapters import s3
+    return s3.main([args.action, args.file])
 
 
 def main(argv: list[str] | None = None) -> int:

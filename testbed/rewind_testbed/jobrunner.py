@@ -50,6 +50,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -304,6 +305,19 @@ def _give_to_group(path: Path, gid: int) -> None:
         os.chmod(item, mode | 0o060 | (0o2010 if item.is_dir() else 0))
 
 
+def _others_may_run(script: Path) -> bool:
+    """Whether a user other than the owner may run `script` with its interpreter: every directory
+    on the way to both is searchable by others, and both are readable by them."""
+    import stat
+    interpreter = Path(os.path.realpath(sys.executable))
+    for target in (Path(os.path.realpath(script)), interpreter):
+        if not target.stat().st_mode & stat.S_IROTH:
+            return False
+        if any(not p.stat().st_mode & stat.S_IXOTH for p in target.parents):
+            return False
+    return True
+
+
 class _Volumes:
     """A pod's volumes as local directories, each made when a container first mounts it."""
 
@@ -501,6 +515,12 @@ class _PodRun(threading.Thread):
         if user is not None:   # home, working directory, termination file, emptyDir and projections
             for path in [self._dir, *self._dir.rglob("*")]:
                 os.lchown(path, user, group if group is not None else user)
+        if user is not None and (container.get("command") or [""])[0] == "rewind" and not _others_may_run(
+                Path(sys.executable).with_name("rewind")):
+            log.warning("%s: container %s: this Python (%s) is not readable by other users, so the "
+                        "container runs as the runner's user, not as runAsUser %s", self.ref,
+                        container["name"], os.path.realpath(sys.executable), user)
+            user = None
         read_only = []
         for mount in mounts:
             if mount.get("readOnly"):
@@ -522,7 +542,10 @@ class _PodRun(threading.Thread):
 
     def _executable(self, path: str) -> str:
         """An image's absolute path to a PostgreSQL tool (/usr/lib/postgresql/16/bin/pg_dump) that
-        does not exist here -> the same tool of the local PostgreSQL."""
+        does not exist here -> the same tool of the local PostgreSQL. `rewind` (the operator's
+        image, as --tool-image: `rewind s3 get|put`) -> the one installed beside this Python."""
+        if path == "rewind" and Path(sys.executable).with_name("rewind").exists():
+            return str(Path(sys.executable).with_name("rewind"))
         if os.path.isabs(path) and not os.path.exists(path):
             local = self._runner.pg_bindir / os.path.basename(path)
             if local.exists():

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from rewind_testbed.alertmanager import Alertmanager
+from rewind_testbed.s3server import S3Server
 from rewind_testbed.cluster import ControlPlane
 from rewind_testbed.postgres import PostgresServer, find_bindir
 
@@ -174,6 +175,18 @@ def alertmanager(bed_dir: Path) -> Alertmanager:
         yield am
     finally:
         am.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(bed_dir: Path) -> S3Server:
+    """A real S3 server (the Versity S3 Gateway) on loopback over HTTPS, its certificate from a CA
+    of its own (`s3_server.ca_pem`); objects are files under `s3_server.data_dir`."""
+    server = S3Server.start(bed_dir / "s3")
+    print(f"\nS3 server up at {server.endpoint}; log in {server.log}")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -61,13 +61,16 @@ CEL_AS_JSON_SCHEMA: dict[str, dict] = {
                    {"properties": {"preRollbackBackup": {"const": True}}},
                    _required("waiveBackupReason")]},
     "has(self.toRevision) != has(self.fromSecret)": _exactly_one("toRevision", "fromSecret"),
-    "has(self.persistentVolumeClaim) != has(self.keptDatabase)":
-        _exactly_one("persistentVolumeClaim", "keptDatabase"),
+    "[has(self.persistentVolumeClaim), has(self.s3), has(self.keptDatabase)].filter(x, x).size() == 1":
+        _exactly_one("persistentVolumeClaim", "s3", "keptDatabase"),
     # preRollbackBackup defaults to true before the rule runs: only an explicit false waives it.
-    "has(self.restoreFrom.persistentVolumeClaim) || has(self.backupTo) || !self.preRollbackBackup":
-        {"anyOf": [{"properties": {"restoreFrom": _required("persistentVolumeClaim")}},
+    "!has(self.restoreFrom.keptDatabase) || has(self.backupTo) || !self.preRollbackBackup":
+        {"anyOf": [{"properties": {"restoreFrom": {"not": _required("keptDatabase")}}},
                    _required("backupTo"),
                    {**_required("preRollbackBackup"), "properties": {"preRollbackBackup": {"const": False}}}]},
+    "has(self.s3) ? !has(self.claimName) && !has(self.path) : has(self.claimName) && has(self.path)":
+        {"oneOf": [{**_required("s3"), "not": {"anyOf": [_required("claimName"), _required("path")]}},
+                   {**_required("claimName", "path"), "not": _required("s3")}]},
     "!(has(self.caFromSecret) && self.caFromSecret && has(self.pinnedFingerprintSha256))":
         {"not": {**_required("caFromSecret", "pinnedFingerprintSha256"),
                  "properties": {"caFromSecret": {"const": True}}}},

@@ -111,16 +111,50 @@ class KeptDatabase(_Model):
                                   "Rewind's comment on it), swapped back in as it is.")
 
 
+class ConfigMapKeyRef(_Model):
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
+class S3Object(_Model):
+    """An object in S3, or in a store that speaks its API, reached over TLS that is always
+    verified (against the system's trust store, or the CA bundle named here)."""
+
+    endpoint: str = Field(min_length=9, max_length=253, pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$",
+                          description="https://host[:port] of the store (e.g. https://s3.eu-west-1.amazonaws.com); "
+                                      "only https, and the platform's egress policy must allow the host.")
+    region: str = Field("us-east-1", min_length=1, max_length=32, pattern=r"^[a-z0-9-]+$")
+    bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+    key: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z0-9!_.*'()-][A-Za-z0-9!_.*'()/-]*$",
+                     description="The object's key; no `..` segment.",
+                     json_schema_extra={"x-kubernetes-validations": [_cel(
+                         "!self.split('/').exists(p, p == '..')", "key must not contain '..'")]})
+    credentials_secret_ref: str = Field(
+        max_length=253, pattern=DNS_SUBDOMAIN, description="A Secret in the Rollback's namespace with keys AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY; only the Job that fetches or uploads sees them.")
+    ca_bundle: ConfigMapKeyRef | None = Field(
+        None, description="A ConfigMap key holding the PEM CA bundle to verify the endpoint by, instead "
+                          "of the system's trust store (a private CA).")
+    sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$",
+        description="The backup's SHA-256, when the store recorded no checksum Rewind can check (a "
+                    "multipart upload without a SHA-256 checksum); checked as well when it did.")
+
+
 class BackupSource(_Model):
-    """Exactly one: a dump on a PVC (checked, restored into staging), or the database an earlier
-    rollback kept (what `kubectl rewind undo` uses: no check and no restore, it is swapped in)."""
+    """Exactly one: a dump on a PVC or in object storage (checked, restored into staging), or the
+    database an earlier rollback kept (what `kubectl rewind undo` uses: no check and no restore,
+    it is swapped in)."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        _cel("has(self.persistentVolumeClaim) != has(self.keptDatabase)",
-             "give exactly one of persistentVolumeClaim and keptDatabase"),
+        _cel("[has(self.persistentVolumeClaim), has(self.s3), has(self.keptDatabase)].filter(x, x).size() == 1",
+             "give exactly one of persistentVolumeClaim, s3 and keptDatabase"),
     ]})
 
     persistent_volume_claim: PvcPath | None = Field(None, description="A pg_dump custom-format file on a PVC.")
+    s3: S3Object | None = Field(
+        None, description="A pg_dump archive or plain-SQL dump in object storage; fetched by the check "
+                          "and restore Jobs, its checksum checked before anything reads it.")
     kept_database: KeptDatabase | None = Field(
         None, description="Swap back in the database a rollback kept aside (an undo).")
 
@@ -156,6 +190,22 @@ class SqlAction(_Model):
     statement_timeout_seconds: int = Field(30, ge=1, le=600)
 
 
+class BackupDestination(_Model):
+    """A path on a PVC (claimName and path), or an object in object storage (s3)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("has(self.s3) ? !has(self.claimName) && !has(self.path) : has(self.claimName) && has(self.path)",
+             "give either claimName and path, or s3"),
+    ]})
+
+    claim_name: str | None = Field(None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    path: str | None = Field(None, min_length=1, max_length=1024, pattern=RELATIVE_PATH,
+                             description="Path inside the volume; relative, no `..`.",
+                             json_schema_extra={"x-kubernetes-validations": [_cel(
+                                 "!self.split('/').exists(p, p == '..')", "path must not contain '..'")]})
+    s3: S3Object | None = Field(None, description="An object in object storage (its sha256 is not used).")
+
+
 class BackupCompression(str, Enum):
     """How the pre-rollback dump is compressed (pg_dump --compress): gzip level 1 (Fast, the
     default) is about twice as fast as pg_dump's own default and nearly as small; None is fastest
@@ -172,7 +222,7 @@ class DatabaseSpec(_Model):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         _cel("self.preRollbackBackup || has(self.waiveBackupReason)",
              "preRollbackBackup may only be false with a waiveBackupReason"),
-        _cel("has(self.restoreFrom.persistentVolumeClaim) || has(self.backupTo) || !self.preRollbackBackup",
+        _cel("!has(self.restoreFrom.keptDatabase) || has(self.backupTo) || !self.preRollbackBackup",
              "restoreFrom.keptDatabase needs backupTo for the pre-rollback dump"),
     ]})
 
@@ -194,9 +244,9 @@ class DatabaseSpec(_Model):
                     "collation or ctype than the live one may be restored anyway; the restored "
                     "database is always created like the live one. Without it the restore refuses "
                     "it (SourceDiffers) before restoring anything.")
-    backup_to: PvcPath | None = Field(
-        None, description="Where the pre-rollback dump goes; default: the restoreFrom claim, "
-                          "under rewind/<namespace>/<rollback>-<uid8>/pre-rollback.dump.")
+    backup_to: BackupDestination | None = Field(
+        None, description="Where the pre-rollback dump goes; default: where the backup is restored from "
+                          "(its claim, or its bucket), under rewind/<namespace>/<rollback>-<uid8>/pre-rollback.dump.")
     verify: DatabaseVerify | None = None
     after_restore: list[SqlAction] | None = Field(
         None, max_length=8,

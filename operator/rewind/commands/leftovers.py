@@ -127,7 +127,8 @@ def run_cleanup(args) -> int:
     kept = _items(rb)
     drop = [n for what, n, _, _ in kept if what != "dump" and n in allowed]
     dump = next((n for what, n, _, _ in kept if what == "dump"), None)
-    claim, dump_path = (dump.split(":", 1) if dump else (None, None))
+    in_store = bool(dump and dump.startswith("s3://"))   # never deleted by Rewind: the store's own tools do it
+    claim, dump_path = (dump.split(":", 1) if dump and not in_store else (None, None))
     if dump_path and (dump_path.startswith("/") or ".." in dump_path.split("/")):
         raise CommandError(c.FAILED, f"error: the recorded dump path {dump_path!r} is not a plain relative "
                                      "path; nothing was removed")
@@ -137,8 +138,11 @@ def run_cleanup(args) -> int:
     if not args.yes:
         raise CommandError(c.FAILED, "error: add --yes to remove them (this cannot be undone, and neither "
                                      "can the rollback afterwards). Nothing was removed.")
+    if in_store:
+        print(f"  (the dump {dump} is in object storage: Rewind does not delete objects; remove it with "
+              "the store's own tools once nothing needs it)")
     spec = rb.spec.database
-    claim = claim or names.backup_to(spec, s.namespace, args.name, uid)[0]
+    claim = claim or names.backup_to(spec, s.namespace, args.name, uid).claim
     env = [jobs.secret_env("DATABASE_URL", spec.connection.secret_ref.name, spec.connection.secret_ref.key),
            {"name": "DROP_DATABASES", "value": " ".join(drop)}]
     if dump_path:

@@ -85,13 +85,16 @@ def _database(rb: Rollback, name: str) -> dict:
         raise CommandError(c.FAILED, "error: the rollback swapped the database but recorded no kept "
                                      "database; nothing was created")
     ns, uid = rb.metadata["namespace"], rb.metadata["uid"]
-    claim = names.backup_to(d, ns, rb.metadata["name"], uid)[0]
+    place = names.backup_to(d, ns, rb.metadata["name"], uid)
+    undo_key = f"rewind/{ns}/{name}/pre-undo.dump"
+    backup_to = {"s3": place.s3.model_copy(update={"key": undo_key}).dump()} if place.s3 else \
+        {"claimName": place.claim, "path": undo_key}
     spec = {"connection": d.connection.dump(),
             "restoreFrom": {"keptDatabase": {"name": st.pre_rollback_database}},
             "preRollbackBackup": d.pre_rollback_backup,
             # The live database now (what the rollback restored, and anything written since) is
             # dumped first, and kept aside by the swap as <db>_pre_<undo uid8>: nothing is lost.
-            "backupTo": {"claimName": claim, "path": f"rewind/{ns}/{name}/pre-undo.dump"},
+            "backupTo": backup_to,
             "terminateConnections": d.terminate_connections, "jobDeadlineSeconds": d.job_deadline_seconds}
     for key, value in (("waiveBackupReason", d.waive_backup_reason), ("image", d.image),
                        ("verify", d.verify.dump() if d.verify else None)):

@@ -18,12 +18,49 @@ UID_LABEL = "rewind.dev/rollback-uid"
 MOUNT = "/backups"
 
 
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]}}
+RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}
+
+
 def build_job(*, name: str, rollback: dict, step: str, image: str, script: str,
-              env: list[dict], claim_name: str, deadline_seconds: int,
-              read_only_backups: bool) -> dict:
+              env: list[dict], claim_name: str | None, deadline_seconds: int,
+              read_only_backups: bool, fetch: dict | None = None, upload: dict | None = None,
+              volumes: list[dict] = ()) -> dict:
+    """The Job of one database step: its `pg` container runs `script`. With `claim_name` the
+    backups volume is that PVC; without, a scratch volume (emptyDir) a second container fills or
+    empties: `fetch` (an init container that runs before `pg`, e.g. `rewind s3 get`) or `upload`
+    (the main container, after `pg` ran as an init container, e.g. `rewind s3 put`). The
+    termination message read is the main container's, or a failed init container's."""
     meta = rollback["metadata"]
     labels = {"app.kubernetes.io/managed-by": "rewind", COMPONENT_LABEL: COMPONENT,
               UID_LABEL: meta["uid"], "rewind.dev/step": step}
+    pg = {
+        "name": "pg",
+        "image": image,
+        "command": ["sh", "-c", script],
+        "env": env,
+        "volumeMounts": [
+            {"name": "backups", "mountPath": MOUNT, "readOnly": read_only_backups},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "terminationMessagePolicy": "File",
+        "resources": RESOURCES,
+        "securityContext": RESTRICTED_CONTAINER,
+    }
+    backups = {"persistentVolumeClaim": {"claimName": claim_name}} if claim_name else {"emptyDir": {}}
+    pod = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 999, "runAsGroup": 999,
+                            "fsGroup": 999, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [pg],
+        "volumes": [{"name": "backups", **backups}, {"name": "tmp", "emptyDir": {}}, *volumes],
+    }
+    if fetch:
+        pod["initContainers"] = [fetch]
+    if upload:
+        pod["initContainers"], pod["containers"] = [pg], [upload]
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {
@@ -34,35 +71,7 @@ def build_job(*, name: str, rollback: dict, step: str, image: str, script: str,
             "backoffLimit": 0,
             "podReplacementPolicy": "Failed",
             "activeDeadlineSeconds": deadline_seconds,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 999, "runAsGroup": 999,
-                                        "fsGroup": 999, "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "pg",
-                        "image": image,
-                        "command": ["sh", "-c", script],
-                        "env": env,
-                        "volumeMounts": [
-                            {"name": "backups", "mountPath": MOUNT, "readOnly": read_only_backups},
-                            {"name": "tmp", "mountPath": "/tmp"},
-                        ],
-                        "terminationMessagePolicy": "File",
-                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
-                                      "limits": {"memory": "1Gi"}},
-                        "securityContext": {"allowPrivilegeEscalation": False,
-                                            "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]}},
-                    }],
-                    "volumes": [
-                        {"name": "backups", "persistentVolumeClaim": {"claimName": claim_name}},
-                        {"name": "tmp", "emptyDir": {}},
-                    ],
-                },
-            },
+            "template": {"metadata": {"labels": labels}, "spec": pod},
         },
     }
 
@@ -155,7 +164,8 @@ STUCK_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "Create
 def _stuck(pods: list[dict]) -> str:
     """Why the Job's pod cannot start, when it never will on its own; else ""."""
     for pod in pods:
-        for cs in pod.get("status", {}).get("containerStatuses") or []:
+        status = pod.get("status", {})
+        for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in STUCK_REASONS:
                 return (f"the Job's pod {pod['metadata']['name']} cannot start: {waiting['reason']}: "
@@ -164,10 +174,17 @@ def _stuck(pods: list[dict]) -> str:
 
 
 def _termination(pods: list[dict]) -> tuple[int | None, str]:
+    """The newest pod's main container's end; or, when it never ran, the init container's that
+    failed (a fetch of the backup, or the dump before an upload)."""
     for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True):
-        for cs in pod.get("status", {}).get("containerStatuses") or []:
+        status = pod.get("status", {})
+        for cs in status.get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated")
             if term:
+                return term.get("exitCode"), (term.get("message") or "").strip()
+        for cs in status.get("initContainerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated")
+            if term and term.get("exitCode"):
                 return term.get("exitCode"), (term.get("message") or "").strip()
     return None, ""
 

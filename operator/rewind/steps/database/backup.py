@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 
-from rewind import authz
 from rewind.adapters import db
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import PlanStep, StepRecord
@@ -29,15 +28,15 @@ COMPRESS_LEVEL = {"None": "0", "Fast": "1", "Default": ""}
 def advance_backup(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     spec = state.spec(ctx)
     live = step.target.name
-    claim, path = backup_to(spec, ctx.namespace, ctx.name, ctx.uid)
-    ref = f"{claim}:{path}"
+    place = backup_to(spec, ctx.namespace, ctx.name, ctx.uid)
+    ref = place.ref
     started = f"Dumping the live database {live} to {ref} before anything changes."
     ctx.begin(step, rec, started, C.DATABASE_RESTORED)
-    outcome = job.run(ctx, step, rec, lambda seconds: jobs.build_job(
-        name=step.job_name, rollback=ctx.obj, step="backup", image=authz.job_image(spec), script=job.BACKUP_SCRIPT,
-        env=job.env(spec, path, ref, ROLLBACK_UID=ctx.uid, LOCK_WAIT_TIMEOUT=job.lock_wait_timeout(ctx),
-                     COMPRESS=COMPRESS_LEVEL[spec.backup_compression]),
-        claim_name=claim, deadline_seconds=seconds, read_only_backups=False), f"pg_dump to {ref}")
+    outcome = job.run(ctx, step, rec, lambda seconds: job.build(
+        ctx, step, place=place, script=job.BACKUP_SCRIPT, seconds=seconds, read_only=False,
+        extra_env=dict(ROLLBACK_UID=ctx.uid, LOCK_WAIT_TIMEOUT=job.lock_wait_timeout(ctx),
+                       COMPRESS=COMPRESS_LEVEL[spec.backup_compression]),
+        s3_env=dict(ROLLBACK_UID=ctx.uid)), f"pg_dump to {ref}")
     if isinstance(outcome, Wait):
         return _say_what_it_waits_for(ctx, step, rec, live, started) or outcome
     if outcome.state == "failed":

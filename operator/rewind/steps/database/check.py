@@ -17,16 +17,17 @@ import hashlib
 import json
 import re
 
-from rewind import authz
 from rewind.adapters import db
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import PlanStep, StepRecord
 from rewind.context import Context, StepFailed, Wait
 from rewind.steps import jobs
-from rewind.steps.database import connection, job, state
+from rewind.steps.database import connection, job, names, state
 
 # The check script's exit codes (scripts/check.sh).
-EXIT_REASONS = {10: "BackupNotFound", 11: "BackupEmpty", 12: "BackupCorrupt"}
+# 14-16: `rewind s3 get` (adapters/s3.py) could not fetch the object, or check its checksum.
+EXIT_REASONS = {10: "BackupNotFound", 11: "BackupEmpty", 12: "BackupCorrupt", 14: "BackupAccessDenied",
+                15: "BackupUnreachable", 16: "BackupChecksumMissing"}
 # How many differing table names a message shows.
 SHOWN = 5
 FORMATS = {"custom": "a pg_dump archive", "plain": "a plain-SQL pg_dump"}
@@ -34,13 +35,12 @@ FORMATS = {"custom": "a pg_dump archive", "plain": "a plain-SQL pg_dump"}
 
 def advance_check(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     spec = state.spec(ctx)
-    src = spec.restore_from.persistent_volume_claim
-    ref = f"{src.claim_name}:{src.path}"
+    place = names.source(spec)
+    ref = place.ref
     ctx.begin(step, rec, f"Checking the backup {ref}.", C.DATABASE_RESTORED)
-    outcome = job.run(ctx, step, rec, lambda seconds: jobs.build_job(
-        name=step.job_name, rollback=ctx.obj, step="check", image=authz.job_image(spec), script=job.CHECK_SCRIPT,
-        env=job.env(spec, src.path, ref), claim_name=src.claim_name,
-        deadline_seconds=seconds, read_only_backups=True), f"checking {ref}")
+    outcome = job.run(ctx, step, rec, lambda seconds: job.build(
+        ctx, step, place=place, script=job.CHECK_SCRIPT, seconds=seconds, read_only=True, extra_env={}),
+        f"{'fetching and ' if place.s3 else ''}checking {ref}")
     if isinstance(outcome, Wait):
         return outcome
     if outcome.state == "failed":

@@ -14,11 +14,12 @@ import datetime
 from importlib import resources
 from typing import Callable
 
-from rewind import crashpoints
-from rewind.api.v1alpha1 import DatabaseSpec, PlanStep, StepRecord
+from rewind import authz, crashpoints
+from rewind.api.v1alpha1 import DatabaseSpec, PlanStep, S3Object, StepRecord
 from rewind.context import Context, Wait, Watched
 from rewind.steps import jobs
 from rewind.steps.database import state
+from rewind.steps.database.names import Place
 
 # A watch on the Job's pods wakes the step when its pod ends (jobs.job_outcome takes the pod's end
 # as the Job's); a pod that cannot start (a bad image) is seen at the next look, every few seconds.
@@ -47,6 +48,54 @@ def env(spec: DatabaseSpec, dump_path: str, dump_ref: str, **extra: str) -> list
            {"name": "DUMP_REF", "value": dump_ref}]
     out += [{"name": k, "value": v} for k, v in extra.items()]
     return out
+
+
+# The file a fetched (or about to be uploaded) dump has in the Job's scratch volume.
+SCRATCH_FILE = "backup.dump"
+CA_MOUNT = "/etc/rewind/s3-ca"
+
+
+def build(ctx: Context, step: PlanStep, *, place: Place, script: str, seconds: int, read_only: bool,
+          extra_env: dict[str, str], s3_env: dict[str, str] | None = None) -> dict:
+    """The step's Job, for a dump on a PVC (mounted) or in object storage: then the Job fetches
+    it into a scratch volume first (read_only: check, restore), or uploads what `pg` wrote there
+    (not read_only: the backup). The store's credentials go only to the `s3` container."""
+    spec = state.spec(ctx)
+    path = SCRATCH_FILE if place.s3 else place.path
+    manifest = dict(name=step.job_name, rollback=ctx.obj, step=step.name.split("/")[-1],
+                    image=authz.job_image(spec), script=script, env=env(spec, path, place.ref, **extra_env),
+                    claim_name=place.claim, deadline_seconds=seconds, read_only_backups=read_only)
+    if place.s3:
+        container, volumes = s3_container(place.s3, "get" if read_only else "put", s3_env or {})
+        manifest.update(volumes=volumes, **({"fetch": container} if read_only else {"upload": container}))
+    return jobs.build_job(**manifest)
+
+
+def s3_container(obj: S3Object, action: str, extra: dict[str, str]) -> tuple[dict, list[dict]]:
+    """`rewind s3 get|put` in the operator's own image (--tool-image), on the scratch volume."""
+    values = {"S3_ENDPOINT": obj.endpoint.rstrip("/"), "S3_REGION": obj.region, "S3_BUCKET": obj.bucket,
+              "S3_KEY": obj.key, "TERMINATION_LOG": "/dev/termination-log", **extra}
+    if obj.sha256:
+        values["S3_SHA256"] = obj.sha256
+    mounts = [{"name": "backups", "mountPath": jobs.MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
+    volumes = []
+    if obj.ca_bundle:
+        values["S3_CA_FILE"] = f"{CA_MOUNT}/ca.crt"
+        mounts.append({"name": "s3-ca", "mountPath": CA_MOUNT, "readOnly": True})
+        volumes.append({"name": "s3-ca", "configMap": {"name": obj.ca_bundle.name,
+                                                       "items": [{"key": obj.ca_bundle.key, "path": "ca.crt"}]}})
+    container = {
+        "name": "s3",
+        "image": authz.SETTINGS.tool_image,
+        "command": ["rewind", "s3", action, f"{jobs.MOUNT}/{SCRATCH_FILE}"],
+        "env": [{"name": k, "value": v} for k, v in values.items()] + [
+            jobs.secret_env(k, obj.credentials_secret_ref, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")],
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "File",
+        "resources": jobs.RESOURCES,
+        "securityContext": jobs.RESTRICTED_CONTAINER,
+    }
+    return container, volumes
 
 
 def deadline_seconds(ctx: Context, rec: StepRecord) -> int:

@@ -4,7 +4,9 @@ same database never collide. Database names are cut to stay within PostgreSQL's 
 
 from __future__ import annotations
 
-from rewind.api.v1alpha1 import DatabaseSpec
+from dataclasses import dataclass
+
+from rewind.api.v1alpha1 import DatabaseSpec, S3Object
 
 
 def uid8(uid: str) -> str:
@@ -41,9 +43,36 @@ def staging_comment(uid: str) -> str:
     return f"rewind:{uid}:staging"
 
 
-def backup_to(spec: DatabaseSpec, namespace: str, name: str, uid: str) -> tuple[str, str]:
-    """(claim, path) of the pre-rollback dump: where the spec says, else next to the backups."""
-    if spec.backup_to or not spec.restore_from.persistent_volume_claim:   # CEL: one of the two
-        return spec.backup_to.claim_name, spec.backup_to.path
-    return (spec.restore_from.persistent_volume_claim.claim_name,
-            f"rewind/{namespace}/{name}-{uid8(uid)}/pre-rollback.dump")
+@dataclass(frozen=True)
+class Place:
+    """Where a dump is: a path on a PVC, or an object in object storage."""
+
+    claim: str | None = None
+    path: str | None = None
+    s3: S3Object | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"s3://{self.s3.bucket}/{self.s3.key}" if self.s3 else f"{self.claim}:{self.path}"
+
+
+def source(spec: DatabaseSpec) -> Place:
+    """Where the backup to restore is (a PVC's file or an S3 object; not a kept database)."""
+    src = spec.restore_from
+    if src.s3:
+        return Place(s3=src.s3)
+    return Place(src.persistent_volume_claim.claim_name, src.persistent_volume_claim.path)
+
+
+def backup_to(spec: DatabaseSpec, namespace: str, name: str, uid: str) -> Place:
+    """Where the pre-rollback dump goes: where the spec says, else next to the backup restored
+    (its claim or its bucket)."""
+    if spec.backup_to:
+        if spec.backup_to.s3:
+            return Place(s3=spec.backup_to.s3.model_copy(update={"sha256": None}))
+        return Place(spec.backup_to.claim_name, spec.backup_to.path)
+    key = f"rewind/{namespace}/{name}-{uid8(uid)}/pre-rollback.dump"
+    src = spec.restore_from        # CEL: a kept database comes with backupTo
+    if src.s3:
+        return Place(s3=src.s3.model_copy(update={"key": key, "sha256": None}))
+    return Place(src.persistent_volume_claim.claim_name, key)

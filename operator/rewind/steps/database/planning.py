@@ -6,10 +6,10 @@ while nothing has changed yet."""
 from __future__ import annotations
 
 from rewind import egress
-from rewind.adapters import db
-from rewind.adapters.kube import Kube
+from rewind.adapters import db, secrets
+from rewind.adapters.kube import CONFIG_MAPS, Kube, KubeError
 from rewind.api import conditions as C
-from rewind.api.v1alpha1 import DatabaseSpec, PlanStep, StepAction, StepKind, TargetRef
+from rewind.api.v1alpha1 import DatabaseSpec, PlanStep, S3Object, StepAction, StepKind, TargetRef
 from rewind.context import Found, Request, StepFailed
 from rewind.steps.database import connection
 from rewind.steps.database.connection import MAINTENANCE_DB
@@ -30,6 +30,10 @@ def resolve(kube: Kube, ns: str, uid: str, spec: DatabaseSpec, rules) -> list[Pl
     ref = spec.connection.secret_ref
     if not target.host.startswith("/"):       # a Unix socket is not egress
         egress.resolve(target.host, int(target.port or 5432), rules, secret=f"Secret {ns}/{ref.name} key {ref.key}")
+    for where, obj in (("restoreFrom.s3", spec.restore_from.s3),
+                       ("backupTo.s3", spec.backup_to.s3 if spec.backup_to else None)):
+        if obj is not None:
+            _object_store(kube, ns, where, obj, rules)
     live = target.dbname
     with db.connect(target) as conn:
         # The restored database is the live one's twin: created like it, objects owned as in
@@ -78,3 +82,26 @@ def resolve(kube: Kube, ns: str, uid: str, spec: DatabaseSpec, rules) -> list[Pl
     steps.append(PlanStep(name="database/swap", kind=StepKind.DATABASE_SWAP, target=target_ref,
                           action=StepAction.RESTORE))
     return steps
+
+
+def _object_store(kube: Kube, ns: str, where: str, obj: S3Object, rules) -> None:
+    """Preflight of a backup in object storage, reading only: the policy lets the Jobs reach the
+    endpoint, the credentials Secret has both keys, the CA bundle is there. The object itself is
+    looked at by the check Job (the operator never holds the store's credentials' use)."""
+    host, _, port = obj.endpoint.removeprefix("https://").rstrip("/").partition(":")
+    egress.resolve(host, int(port or 443), rules)
+    what = f"the {where} credentials Secret"
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        if not secrets.read_key(kube, ns, obj.credentials_secret_ref, key, what):
+            raise StepFailed("InvalidSecret", f"{what} {ns}/{obj.credentials_secret_ref} key {key!r} is empty")
+    if obj.ca_bundle:
+        try:
+            cm = kube.get(CONFIG_MAPS, ns, obj.ca_bundle.name)
+        except KubeError as e:
+            if not e.not_found:
+                raise
+            raise StepFailed("CaBundleNotFound", f"the {where} CA bundle ConfigMap {ns}/{obj.ca_bundle.name} "
+                                                 "does not exist; nothing was changed") from None
+        if not (cm.get("data") or {}).get(obj.ca_bundle.key, "").strip():
+            raise StepFailed("CaBundleNotFound", f"the {where} CA bundle ConfigMap {ns}/{obj.ca_bundle.name} "
+                                                 f"has no key {obj.ca_bundle.key!r}; nothing was changed")

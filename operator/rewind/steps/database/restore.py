@@ -10,27 +10,28 @@ result unknowable: the step stops as Interrupted for a person, it does not resto
 
 from __future__ import annotations
 
-from rewind import authz
 from rewind import crashpoints
 from rewind.adapters import db
 from rewind.api import conditions as C
 from rewind.api.v1alpha1 import PlanStep, StepRecord
 from rewind.context import Context, StepFailed, Wait
 from rewind.steps import jobs
-from rewind.steps.database import connection, job, state
+from rewind.steps.database import connection, job, names, state
 from rewind.steps.database.connection import MAINTENANCE_DB
 from rewind.steps.database.names import staging_comment, staging_name
 
 # The restore script's exit codes (scripts/restore.sh); any other is RestoreFailed.
-EXIT_REASONS = {30: "BackupCorrupt", 31: "RestoreFailed", 32: "SourceDiffers", 33: "BackupCorrupt"}
+EXIT_REASONS = {30: "BackupCorrupt", 31: "RestoreFailed", 32: "SourceDiffers", 33: "BackupCorrupt",
+                10: "BackupNotFound", 12: "BackupCorrupt", 14: "BackupAccessDenied", 15: "BackupUnreachable",
+                16: "BackupChecksumMissing"}   # 10-16: fetching the object (adapters/s3.py)
 
 
 def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
     spec = state.spec(ctx)
     live = step.target.name
     staging = staging_name(live, ctx.uid)
-    src = spec.restore_from.persistent_volume_claim
-    ref = f"{src.claim_name}:{src.path}"
+    place = names.source(spec)
+    ref = place.ref
     ctx.begin(step, rec, f"Restoring {ref} into the staging database {staging}.", C.DATABASE_RESTORED)
     target = connection.target(ctx.kube, ctx.namespace, spec)
     with db.connect(target, MAINTENANCE_DB) as conn:
@@ -56,12 +57,12 @@ def advance_restore(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | Non
             if not exists:
                 db.create_database(conn, staging, staging_comment(ctx.uid), like=like)
             state.status(ctx).staging_database = staging
-            jobs.ensure_job(ctx.kube, jobs.build_job(
-                name=step.job_name, rollback=ctx.obj, step="restore", image=authz.job_image(spec),
-                script=job.RESTORE_SCRIPT, env=job.env(spec, src.path, ref, TARGET_DB=staging,
-                                                       **source_expectation(like, spec)),
-                claim_name=src.claim_name, deadline_seconds=job.deadline_seconds(ctx, rec),
-                read_only_backups=True))
+            # An object is fetched again, and must be what the check step checked.
+            checked = state.status(ctx).backup_source_sha256
+            jobs.ensure_job(ctx.kube, job.build(
+                ctx, step, place=place, script=job.RESTORE_SCRIPT, seconds=job.deadline_seconds(ctx, rec),
+                read_only=True, extra_env=dict(TARGET_DB=staging, **source_expectation(like, spec)),
+                s3_env={"EXPECT_SHA256": checked} if checked else {}))
             crashpoints.reach(f"{step.kind}:after-job-created")
             db.ledger_advance(conn, ctx.uid, "restore", "claimed", "job-created", staging)
             return job.wait(ctx, step, rec, f"Job {step.job_name} restores {ref} into {staging}.",

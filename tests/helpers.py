@@ -4,7 +4,11 @@ applied the way a person applies them (kubectl apply), and the API server's audi
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -141,3 +145,45 @@ def audit_writes(cluster, namespace: str, resource: str, name: str | None = None
                 and (ev.get("userAgent") or "").startswith(user_agent_prefix)):
             out.append(ev)
     return out
+
+
+# --- crashing the operator at a named point (rewind/crashpoints.py) and starting it again ------
+
+CRASH_ENV = "REWIND_CRASH_AT"
+
+
+@contextmanager
+def _environment(**values: str):
+    """os.environ with `values` while the operator process is started (Operator.start copies it)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def start_armed(op, point: str):
+    with _environment(**{CRASH_ENV: point}):
+        return op.start()
+
+
+def died_at(op, point: str, timeout: float = 150.0) -> None:
+    """The armed operator killed itself at `point`: a point never reached fails the case."""
+    try:
+        code = op.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the operator never reached crash point {point} in {timeout:.0f}s; "
+                             f"log tail:\n{op.output()[-3000:]}") from None
+    assert code == -signal.SIGKILL, \
+        f"the operator exited with {code}, not by SIGKILL at {point}; log tail:\n{op.output()[-3000:]}"
+    assert f"crash point {point.split('@')[0]} reached: SIGKILL" in op.output()
+
+
+def restart(op):
+    assert CRASH_ENV not in os.environ, f"{CRASH_ENV} is set in the test's environment"
+    return op.start()

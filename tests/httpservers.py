@@ -41,11 +41,45 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Location", "http://elsewhere.example.com/")
             self.send_header("Content-Length", "0")
             self.end_headers()
+        elif self.path == "/lying-json":          # says JSON, sends a login page
+            self._raw(200, b"<html><body>please log in: session-page</body></html>",
+                      {"Content-Type": "application/json"})
+        elif self.path == "/json-as-html":        # JSON under another name
+            self._raw(200, json.dumps({"status": "ok"}).encode(), {"Content-Type": "text/html"})
+        elif self.path == "/false-gzip":          # says gzip, is not
+            self._raw(200, b"not-gzip-at-all " * 64, {"Content-Type": "application/json",
+                                                      "Content-Encoding": "gzip"})
+        elif self.path == "/gzip-bomb":           # 64 KiB on the wire, 64 MiB once inflated
+            self._raw(200, Handler.bomb(), {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        elif self.path == "/not-utf8":            # says UTF-8 JSON, sends Latin-1 bytes
+            self._raw(200, '{"status": "ok", "note": "caf\u00e9"}'.encode("latin-1"),
+                      {"Content-Type": "application/json; charset=utf-8"})
+        elif self.path == "/short-body":          # promises more than it sends, then hangs up
+            self._raw(200, b'{"status": "o', {"Content-Type": "application/json", "Content-Length": "4096"})
+            self.close_connection = True
         elif self.path == "/flaky":
             n = Handler.hits[self.path]
             self._send(500 if n % 2 == 0 else 200, "sometimes")
         else:
             self._send(404, "no")
+
+    _bomb: bytes | None = None
+
+    @classmethod
+    def bomb(cls) -> bytes:
+        if cls._bomb is None:
+            import gzip
+            cls._bomb = gzip.compress(b"{" + b" " * (64 * 1024 * 1024), compresslevel=9)
+        return cls._bomb
+
+    def _raw(self, status: int, data: bytes, headers: dict[str, str]):
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        if "Content-Length" not in headers:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _send(self, status: int, body: str):
         data = body.encode()

@@ -58,6 +58,30 @@ def test_unhealthy_answers_fail_with_a_reason(base, path, kw, fragment, sent):
     assert time.monotonic() - t0 < 10
 
 
+# Answers that lie about what they are: a content type, an encoding, a charset, a length.
+@pytest.mark.parametrize("path,kw,fragment,sent", [
+    ("/lying-json", {"jsonPath": "$.status"}, "no JSON value at $.status", "session-page"),
+    ("/false-gzip", {"jsonPath": "$.status"}, "connection failed", "not-gzip"),
+    ("/gzip-bomb", {"jsonPath": "$.status"}, "body larger than 1024 KiB", None),
+    ("/short-body", {"jsonPath": "$.status", "timeoutSeconds": 5}, "connection failed", '"o'),
+    ("/not-utf8", {"jsonPath": "$.note", "jsonEquals": "caf\u00e9"},
+     "the JSON value at $.note differed from the expected value", "caf"),
+])
+def test_answers_that_lie_about_themselves_fail_with_a_reason(base, path, kw, fragment, sent):
+    t0 = time.monotonic()
+    m = measure(check(f"{base}{path}", **kw))
+    assert not m.ok
+    assert fragment in m.detail, m.detail
+    assert sent is None or sent not in m.detail, m.detail
+    assert time.monotonic() - t0 < 10
+
+
+def test_a_json_answer_under_another_content_type_is_still_read_as_json(base):
+    # The check is about the value; a wrong Content-Type is not a reason to fail it or to pass it.
+    assert measure(check(f"{base}/json-as-html", jsonPath="$.status", jsonEquals="ok")).ok
+    assert not measure(check(f"{base}/json-as-html", jsonPath="$.status", jsonEquals="down")).ok
+
+
 def test_tls_is_verified_unless_the_check_says_otherwise(tmp_path):
     leaf = issue("localhost", hosts=["localhost"])          # self-signed: not trusted
     (tmp_path / "c.pem").write_bytes(leaf.cert_pem)

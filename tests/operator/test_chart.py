@@ -328,8 +328,8 @@ def test_default_values_render_an_operator_confined_to_its_namespace(helm):
     assert c["image"] == "rewind:0.1.0"
     # No namespaces listed, not clusterWide: the release's namespace only.
     assert c["args"] == ["run", "--liveness=http://0.0.0.0:8080/healthz", "--metrics-address=:8081",
-                         "--log-format=text", "--job-image=postgres:16", "--argocd-namespace=argocd",
-                         "--namespace=rewind-system"]
+                         "--log-format=text", "--job-image=postgres:16", "--tool-image=rewind:0.1.0",
+                         "--argocd-namespace=argocd", "--namespace=rewind-system"]
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, c[probe]
     assert {"name": "health", "containerPort": 8080} in c["ports"]
@@ -397,6 +397,7 @@ def test_a_values_file_that_sets_every_value(helm, tmp_path):
     assert c["imagePullPolicy"] == "Always"
     assert c["args"] == ["run", "--liveness=http://0.0.0.0:9440/healthz", "--metrics-address=:9441",
                          "--log-format=json", f"--job-image={values['jobImage']}",
+                         f"--tool-image=registry.example.com/sre/rewind@{DIGEST}",   # the operator's own
                          f"--argocd-namespace={values['gitops']['argocdNamespace']}", "--namespace=booking",
                          "--namespace=payments",
                          "--peering=rewind-peers", "--peering-lifetime=7", "--verbose"]

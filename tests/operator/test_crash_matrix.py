@@ -28,9 +28,6 @@ from __future__ import annotations
 import base64
 import os
 import secrets as pysecrets
-import signal
-import subprocess
-from contextlib import contextmanager
 
 import pytest
 from kubernetes import client
@@ -42,8 +39,9 @@ from dbhelpers import (
 )
 from tlsservers import ReloadingTlsServer
 from helpers import (
-    audit_writes, condition, deploy_revisions, deployment, deployment_dict, events_for, get_rollback,
-    kubectl_apply, rollback, rolled_out, template_of, wait_for, wait_phase,
+    audit_writes, condition, deploy_revisions, deployment, deployment_dict, died_at, events_for,
+    get_rollback, kubectl_apply, restart, rollback, rolled_out, start_armed, template_of, wait_for,
+    wait_phase,
 )
 from rewind.adapters import tls
 from rewind_testbed.certs import issue, pki
@@ -55,7 +53,6 @@ LOOPBACK = [EgressRule.model_validate(rule) for rule in LOOPBACK_EGRESS]
 
 pytestmark = pytest.mark.cluster
 
-CRASH_ENV = "REWIND_CRASH_AT"
 TERMINAL = {"Succeeded", "Failed", "Interrupted"}
 RB = "crash"                                  # every case's Rollback
 HOST = "www.instylehairboutique.co.za"
@@ -114,43 +111,6 @@ def audit_log(cluster):
 
 
 # --- crashing and restarting ------------------------------------------------------------------
-
-@contextmanager
-def _environment(**values: str):
-    """os.environ with `values` while the operator process is started (Operator.start copies it)."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def start_armed(op, point: str):
-    with _environment(**{CRASH_ENV: point}):
-        return op.start()
-
-
-def died_at(op, point: str, timeout: float = 150.0) -> None:
-    """The armed operator killed itself at `point`: a point never reached fails the case."""
-    try:
-        code = op.proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"the operator never reached crash point {point} in {timeout:.0f}s; "
-                             f"log tail:\n{op.output()[-3000:]}") from None
-    assert code == -signal.SIGKILL, \
-        f"the operator exited with {code}, not by SIGKILL at {point}; log tail:\n{op.output()[-3000:]}"
-    assert f"crash point {point.split('@')[0]} reached: SIGKILL" in op.output()
-
-
-def restart(op):
-    assert CRASH_ENV not in os.environ, f"{CRASH_ENV} is set in the test's environment"
-    return op.start()
-
 
 def records(rb: dict, kind: str) -> list[dict]:
     st = rb.get("status") or {}

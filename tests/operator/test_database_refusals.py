@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from dbhelpers import (
-    CLAIM, allows_connections, checksums, database_names, db_rollback, db_secret, make_dump, pg_bin, uid8,
+    CLAIM, add_rows, allows_connections, checksums, database_names, db_rollback, db_secret, make_dump, pg_bin,
+    uid8,
 )
 from helpers import condition, get_rollback, kubectl_apply, wait_for, wait_phase
 
@@ -161,3 +162,45 @@ def test_a_session_on_staging_refuses_the_swap_before_production_is_touched(
     assert checksums(postgres, booking_db) == before
     assert allows_connections(postgres, booking_db) and allows_connections(postgres, staging)
     assert not [n for n in database_names(postgres) if "_pre_" in n and uid8(rb) in n]
+
+
+def test_the_database_dropping_the_restore_connection_fails_the_step_and_changes_nothing(
+        cluster, api_client, postgres, booking_db, job_runner, restricted, operator):
+    """A hostile answer from PostgreSQL: the restore's session is ended by the server mid-way (an
+    administrator's pg_terminate_backend, a failover, an OOM kill of the backend). The restore's
+    one transaction never commits; the rollback fails with a reason, production is untouched."""
+    ns, live = restricted, booking_db
+    add_rows(postgres, live, 1000, 300_000)             # enough rows that the restore takes a while
+    make_dump(postgres, live, job_runner.create_pvc(ns, CLAIM) / "nightly" / "backup.dump")
+    add_rows(postgres, live, 400_000, 7)
+    before = checksums(postgres, live)
+    db_secret(api_client, ns, postgres.dsn(live))
+    kubectl_apply(cluster, ns, db_rollback("dropped"))
+
+    killed = []
+
+    def end_the_restore_session() -> bool:
+        with postgres.connect("postgres") as conn:
+            rows = conn.execute("SELECT pid, datname FROM pg_stat_activity WHERE datname LIKE %s "
+                                "AND state <> 'idle' AND pid <> pg_backend_pid()",
+                                (f"{live[:40]}_restore_%",)).fetchall()
+            for pid, _ in rows:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                killed.append(pid)
+        return bool(killed)
+
+    wait_for("the restore's session on staging", end_the_restore_session, timeout=120, interval=0.02)
+    rb = wait_phase(api_client, ns, "dropped", {"Succeeded", "Failed", "Interrupted"}, timeout=180)
+    assert rb["status"]["phase"] == "Failed", (condition(rb, "Ready"), rb["status"]["steps"])
+    ready = condition(rb, "Ready")
+    assert ready["reason"] == "RestoreFailed", ready
+    assert "nothing of it was committed" in ready["message"], ready["message"]
+    restore = next(s for s in rb["status"]["steps"] if s["name"] == "database/restore")
+    assert restore["state"] == "Failed"
+    # Production: the same rows, under its name, open; the half-restored staging is kept, named.
+    assert checksums(postgres, live) == before
+    assert allows_connections(postgres, live)
+    staging = rb["status"]["database"]["stagingDatabase"]
+    assert staging in database_names(postgres)
+    with postgres.connect(staging) as conn:         # the one transaction never committed
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] == 0

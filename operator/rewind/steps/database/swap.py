@@ -59,12 +59,19 @@ def advance_swap(ctx: Context, step: PlanStep, rec: StepRecord) -> Wait | None:
         if fence != "swapped":
             if fence is None:
                 db.ledger_advance(conn, ctx.uid, "swap", None, "swapping")
-            exists, comment = db.database_comment(conn, staging)
-            fenced = is_kept(comment, live) if spec.restore_from.kept_database else comment == staging_comment(ctx.uid)
-            if not exists or not fenced:
-                raise StepFailed(C.INTERRUPTED, f"the database {staging} to swap in is not there as "
-                                                "Rewind left it; nothing was renamed")
             try:
+                # Checked inside the try: a crash after production was closed (before-rename) may
+                # be followed by someone dropping staging, and production must be opened again.
+                exists, comment = db.database_comment(conn, staging)
+                fenced = is_kept(comment, live) if spec.restore_from.kept_database else comment == staging_comment(ctx.uid)
+                if not exists:
+                    raise StepFailed("StagingDatabaseGone", f"the database {staging} to swap in is gone (dropped "
+                                     f"after it was restored); nothing was renamed and {live} is as it was "
+                                     "and accepts connections. Create a new Rollback to restore again")
+                if not fenced:
+                    raise StepFailed(C.INTERRUPTED, f"the database {staging} to swap in is not there as "
+                                                    f"Rewind left it; nothing was renamed and {live} accepts "
+                                                    "connections")
                 _staging_free(conn, live, staging)
                 terminate = spec.terminate_connections
                 if not terminate and db.sessions(conn, live):

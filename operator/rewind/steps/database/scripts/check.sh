@@ -8,6 +8,9 @@
 # manifest at most 2 KiB, the names at most 800 bytes (their count and SHA-256 cover the rest).
 [ -e "$DUMP_PATH" ] || fail 10 "backup file not found: $DUMP_REF"
 [ -s "$DUMP_PATH" ] || fail 11 "backup file is empty (0 bytes): $DUMP_REF"
+# The whole file's SHA-256 is read beside the table of contents (one core each).
+sha256sum "$DUMP_PATH" > /tmp/sum &
+hashing=$!
 if pg_restore --list "$DUMP_PATH" > /tmp/toc 2> /tmp/err; then
   format=custom
   db=$(sed -n 's/^;[[:space:]]*dbname: //p' /tmp/toc | head -n 1)
@@ -29,7 +32,8 @@ tr -c 'A-Za-z0-9_.$ \n-' '?' < /tmp/names | LC_ALL=C sort -u > /tmp/tables
 count=$(wc -l < /tmp/tables | tr -d ' ')
 tables_sum=$(sha256sum < /tmp/tables | cut -d ' ' -f 1)
 names=$(awk '{ if (length(s) + length($0) + 1 > 800) exit; s = s (NR > 1 ? "," : "") $0 } END { print s }' /tmp/tables)
-sum=$(sha256sum "$DUMP_PATH" | cut -d ' ' -f 1)
+wait "$hashing" || fail 12 "the backup file could not be read whole: $DUMP_REF"
+sum=$(cut -d ' ' -f 1 /tmp/sum)
 size=$(wc -c < "$DUMP_PATH" | tr -d ' ')
 manifest=""
 if [ -f "$DUMP_PATH.manifest.json" ]; then

@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap test test-long unit fuzz demo demo-undo demo-gitops cluster crd manifests clean bench bench-scale
+.PHONY: bootstrap test test-long unit fuzz demo demo-undo demo-gitops cluster crd manifests clean bench bench-scale soak
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -10,9 +10,11 @@ bootstrap:
 test: bootstrap  ## all tests, against the local control plane and PostgreSQL
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-long: bootstrap  ## the long tier: API outages of two minutes, then the fuzz tier (500 specs per test)
+test-long: bootstrap  ## the long tier: API outages of two minutes, the fuzz tier (500 specs per test), scale at 1000 Rollbacks, a 30-minute soak
 	REWIND_LONG_TIER=1 $(PY) -m pytest -m long tests/operator $(PYTEST_ARGS)
 	REWIND_FUZZ_EXAMPLES=$${REWIND_FUZZ_EXAMPLES:-500} $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
+	$(PY) bench/scale.py --rollbacks 1000 --namespaces 20 --rounds 1 --kubectl-parallel 20 --tag long
+	$(PY) bench/soak.py --minutes $${REWIND_SOAK_MINUTES:-30}
 
 unit: bootstrap  ## tests that need no cluster and no database
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -33,6 +35,9 @@ bench: bootstrap  ## benchmarks (not tests): Rewind against the manual alternati
 	$(PY) bench/workload_undo.py
 	$(PY) bench/api_requests.py
 	$(PY) bench/db_restore.py
+
+soak: bootstrap  ## a soak (not a test): Rollbacks every 2 s for REWIND_SOAK_MINUTES (30) minutes; RSS slope, slowdown, writes
+	$(PY) bench/soak.py --minutes $${REWIND_SOAK_MINUTES:-30}
 
 bench-scale: bootstrap  ## the long tier: 100 Rollbacks at once in 10 namespaces against 100 kubectl undos; a cold start over 1000 finished Rollbacks
 	$(PY) bench/scale.py --rollbacks 100 --namespaces 10 --rounds 3

@@ -61,3 +61,15 @@ def test_cold_start_benchmark_runs(tmp_path):
     assert rnd["reads"] > 0 and rnd["reads_by"].get("list rollbacks") == 2
     assert isinstance(rnd["writes"], int) and set(r["stats"]) >= {"live_s", "rss_mib", "writes"}
     assert r["empty"]["writes"] == 0
+
+
+def test_soak_benchmark_runs(tmp_path):
+    r = bench("soak.py", tmp_path, "--minutes", "0.3", "--deployments", "3", "--namespaces", "1", "--interval", "1")
+    assert (r["deployments"], r["namespaces"]) == (3, 1)
+    assert r["applied"] >= 5 and r["ended"] == r["applied"] and r["phases"] == {"Succeeded": r["applied"]}
+    assert r["failed"] == []
+    assert set(r["apply_to_ready_s"]["all"]) == {"n", "median", "q1", "q3", "min", "max"}
+    op = r["operator"]
+    assert op["rss_mib_peak"] > 0 and op["cpu_s"] > 0 and len(r["samples"]) >= 2
+    # Each Rollback patched its Deployment once: the audit log was read.
+    assert op["writes_by"].get("patch deployments") == r["applied"]

@@ -1075,3 +1075,75 @@ def test_the_operator_rolls_back_under_exactly_the_charts_service_account_and_ru
             cluster.kubectl("patch", "rollback", item["metadata"]["name"], "-n", namespace, "--type=merge",
                             "-p", '{"metadata":{"finalizers":null}}', check=False)
         cluster.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-", input=applied, check=False)
+
+
+# --- the README's quick start on a real cluster, as far as it runs here --------------------------
+
+QUICKSTART = REPO / "examples" / "quickstart"
+QUICKSTART_NS = "quickstart"           # the example files name it
+
+
+@pytest.mark.cluster
+def test_the_quick_start_runs_as_written(cluster, api_client, helm, harness, namespaces, rollback_crd, tmp_path):
+    """scripts/kind-quickstart.sh's steps with its very files and chart values, against the local
+    control plane: the app applied, the chart's operator (its ServiceAccount, rules and args for
+    `watchNamespaces={quickstart}`), the example policy, a broken release by `kubectl set image`,
+    the example Rollback, `kubectl wait --for=condition=Ready`. Not run here: kind, docker build
+    and helm install itself (no Docker engine); kwok's pods start whatever the image."""
+    core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
+    if any(n.metadata.name == QUICKSTART_NS for n in core.list_namespace().items):
+        pytest.skip(f"namespace {QUICKSTART_NS} already exists in this cluster")
+    release_ns = namespaces("operator")
+    docs = template(helm, {"watchNamespaces": [QUICKSTART_NS], "image": {"repository": "rewind", "tag": "0.1.0",
+                                                                           "pullPolicy": "Never"}, **SESSION_OWNED},
+                    release="rewind", namespace=release_ns, tmp_path=tmp_path)
+    identity = yaml.safe_dump_all([d for d in docs if d["kind"] in IDENTITY_KINDS])
+    deployment_spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (c,) = deployment_spec["containers"]
+    assert f"--namespace={QUICKSTART_NS}" in c["args"] and "--tool-image=rewind:0.1.0" in c["args"]
+    args, health, _ = local_args(c["args"])
+    kubectl = cluster.kubectl
+    op = None
+    try:
+        kubectl("apply", "-f", str(QUICKSTART / "app.yaml"))
+        kubectl("-n", QUICKSTART_NS, "rollout", "status", "deployment/web", "--timeout=120s", timeout=150)
+        kubectl("apply", "-f", "-", input=identity)
+        kubeconfig = harness._service_account_kubeconfig(cluster, api_client, release_ns,
+                                                         deployment_spec["serviceAccountName"],
+                                                         tmp_path / "quickstart-operator.kubeconfig")
+        op = harness.Operator(kubeconfig, None, tmp_path / "quickstart-operator.log", args=args)
+        op.start()
+        def answers() -> bool:
+            assert op.proc.poll() is None, f"the operator exited ({op.proc.returncode}):\n{op.output()[-3000:]}"
+            try:
+                return httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for("the operator's liveness endpoint", answers, timeout=90)
+        kubectl("apply", "-f", str(QUICKSTART / "policy.yaml"))
+        kubectl("-n", QUICKSTART_NS, "set", "image", "deployment/web", "nginx=nginx:1.27-broken")
+        wait_for("the broken release is revision 2", lambda: (apps.read_namespaced_deployment(
+            "web", QUICKSTART_NS).metadata.annotations or {}).get("deployment.kubernetes.io/revision") == "2")
+        kubectl("apply", "-f", str(QUICKSTART / "rollback.yaml"))
+        waited = kubectl("wait", "--for=condition=Ready", "rollback/web-back", "-n", QUICKSTART_NS,
+                         "--timeout=150s", check=False, timeout=180)
+        assert waited.returncode == 0, (waited.stderr, get_rollback(api_client, QUICKSTART_NS, "web-back").get(
+            "status"), op.output()[-3000:])
+        rb = get_rollback(api_client, QUICKSTART_NS, "web-back")
+        assert rb["status"]["phase"] == "Succeeded"
+        table = kubectl("get", "rollbacks", "-n", QUICKSTART_NS).stdout
+        assert "web-back" in table and "Succeeded" in table, table
+        image = kubectl("-n", QUICKSTART_NS, "get", "deployment", "web", "-o",
+                        "jsonpath={.spec.template.spec.containers[0].image}").stdout
+        assert image == "nginx:1.27"
+        assert not log_errors(op.output()), log_errors(op.output())[:10]
+    finally:
+        if op:
+            op.stop()
+        for item in client.CustomObjectsApi(api_client).list_namespaced_custom_object(
+                GROUP, VERSION, QUICKSTART_NS, PLURAL)["items"]:
+            kubectl("patch", "rollback", item["metadata"]["name"], "-n", QUICKSTART_NS, "--type=merge",
+                    "-p", '{"metadata":{"finalizers":null}}', check=False)
+        kubectl("delete", "namespace", QUICKSTART_NS, "--wait=false", check=False)
+        kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-", input=identity, check=False)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -190,3 +191,32 @@ def operator_as(cluster, api_client, operator_role, tmp_path):
         op.stop()
         if op.proc and op.proc.returncode not in (0, -signal.SIGKILL, -signal.SIGTERM):
             print(op.output()[-5000:])
+
+
+# --- on an existing cluster (REWIND_TEST_EXISTING_CLUSTER=1): what cannot run there says why ----
+
+MADE_UP_IMAGES = re.compile(r"registry\.(local|example\.com)/|testbed\.rewind\.dev/never-ready")
+
+
+def pytest_collection_modifyitems(config, items):
+    """On an existing cluster, a cluster test whose module deploys made-up images (registry.local/,
+    registry.example.com/: the test bed's kwok nodes start any image and make its pods Ready; real
+    kubelets cannot pull them, so the rollouts those tests wait for never end) is skipped with that
+    reason, as is a test of the local test bed's own stand-ins; everything else runs there."""
+    if os.environ.get("REWIND_TEST_EXISTING_CLUSTER") != "1":
+        return
+    sources: dict[str, bool] = {}
+    for item in items:
+        if item.get_closest_marker("test_bed_only"):
+            item.add_marker(pytest.mark.skip(reason="it tests the local test bed's own stand-ins (kwok, "
+                                                    "the Job runner), which an existing cluster does not use"))
+            continue
+        if not item.get_closest_marker("cluster"):
+            continue
+        path = str(item.path)
+        if path not in sources:
+            sources[path] = bool(MADE_UP_IMAGES.search(item.path.read_text(errors="replace")))
+        if sources[path]:
+            item.add_marker(pytest.mark.skip(reason=(
+                "its workloads run made-up images that only the local test bed's kwok nodes start "
+                "(real kubelets cannot pull them, so the rollouts it waits for never end)")))

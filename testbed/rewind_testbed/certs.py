@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -39,8 +40,16 @@ def issue(cn: str, issuer: Issued | None = None, *, ca: bool = False, hosts: lis
          .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=days))
          .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
     if hosts:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]), critical=False)
+        b = b.add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
     return Issued(b.sign(issuer.key if issuer else key, hashes.SHA256()), key)
+
+
+def _san(host: str) -> x509.GeneralName:
+    """A host name, or an IP address (as an IP SAN, which is what a client checks an IP against)."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 def pki():

@@ -10,6 +10,7 @@ the CRDs served, and the admission policies that stamp the requester type-checke
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +23,10 @@ ADMISSION = REPO / "manifests" / "admission.yaml"
 # The test bed's platform policy: no approvals, and the operator may connect to loopback only,
 # where every local stand-in (checks, hooks, receivers, Alertmanager, SMTP) listens.
 LOOPBACK_EGRESS = [{"cidr": "127.0.0.0/8"}, {"cidr": "::1/128"}]
-PERMISSIVE = {"egress": LOOPBACK_EGRESS}
+# On an existing cluster the stand-ins the Job pods reach (PostgreSQL, the S3 server) listen at
+# REWIND_TEST_HOST_ADDRESS instead (rewind_testbed/external.py); the operator may connect there.
+_HOST = os.environ.get("REWIND_TEST_HOST_ADDRESS") if os.environ.get("REWIND_TEST_EXISTING_CLUSTER") == "1" else None
+PERMISSIVE = {"egress": LOOPBACK_EGRESS + ([{"cidr": f"{_HOST}/32"}] if _HOST else [])}
 
 
 def _until(what: str, check, timeout: float = 60) -> None:

@@ -74,7 +74,9 @@ class PostgresServer:
                          .format(sql.Identifier(name)))
 
     @classmethod
-    def start(cls, run_dir: Path) -> "PostgresServer":
+    def start(cls, run_dir: Path, host: str = "127.0.0.1") -> "PostgresServer":
+        """On loopback; or on `host`, an address pods of an existing cluster reach this machine
+        at (then any client that knows the password may connect: scram-sha-256 from anywhere)."""
         bindir = find_bindir()
         user = _run_as()
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -99,8 +101,11 @@ class PostgresServer:
             raise RuntimeError(f"initdb failed ({init.returncode}); every parent of {run_dir} must "
                                f"be reachable by the {user or 'current'} user: {init.stderr.strip()}")
         pwfile.unlink()
+        if host != "127.0.0.1":
+            with open(data / "pg_hba.conf", "a") as hba:
+                hba.write("host all all 0.0.0.0/0 scram-sha-256\n")
         port = free_port()
-        server = cls(data_dir=data, port=port, password=password)
+        server = cls(data_dir=data, port=port, password=password, host=host)
         log = run_dir / "postgres.log"
         if user:
             log.touch()
@@ -108,7 +113,7 @@ class PostgresServer:
         server.proc = Proc(
             "postgres",
             [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data}",
+             "-c", f"listen_addresses={host}", "-c", f"unix_socket_directories={data}",
              "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
              "-c", "max_connections=200", "-c", "log_min_messages=warning"],
             log, user=user,

@@ -61,6 +61,11 @@ def _external() -> bool:
     return os.environ.get("REWIND_TEST_EXISTING_CLUSTER") == "1"
 
 
+def _host_address() -> str | None:
+    """Where an existing cluster's pods reach this machine (rewind_testbed/external.py)."""
+    return os.environ.get("REWIND_TEST_HOST_ADDRESS") if _external() else None
+
+
 @pytest.fixture(scope="session")
 def bed_dir() -> Path:
     path = Path(tempfile.mkdtemp(prefix="rewind-bed-"))
@@ -76,7 +81,10 @@ def cluster(bed_dir: Path) -> Cluster:
         kubeconfig = os.environ.get("KUBECONFIG")
         if not kubeconfig:
             pytest.fail("REWIND_TEST_EXISTING_CLUSTER=1 needs KUBECONFIG to point at the cluster")
-        yield Cluster(Path(kubeconfig), shutil.which("kubectl") or "kubectl")
+        from rewind_testbed import external
+        yield Cluster(Path(kubeconfig), shutil.which("kubectl") or "kubectl",
+                      audit_log=Path(external.AUDIT_LOG) if external.AUDIT_LOG else None,
+                      pki_dir=Path(external.PKI_DIR) if external.PKI_DIR else None)
         return
     cp = ControlPlane.start(bed_dir / "cluster")
     print(f"\ntest control plane up in {cp.started_in:.1f}s; logs in {cp.log_dir}")
@@ -150,7 +158,7 @@ def _release_rollbacks(api_client, namespace: str) -> None:
 
 @pytest.fixture(scope="session")
 def postgres(bed_dir: Path) -> PostgresServer:
-    server = PostgresServer.start(bed_dir / "postgres")
+    server = PostgresServer.start(bed_dir / "postgres", host=_host_address() or "127.0.0.1")
     try:
         yield server
     finally:
@@ -181,7 +189,7 @@ def alertmanager(bed_dir: Path) -> Alertmanager:
 def s3_server(bed_dir: Path) -> S3Server:
     """A real S3 server (the Versity S3 Gateway) on loopback over HTTPS, its certificate from a CA
     of its own (`s3_server.ca_pem`); objects are files under `s3_server.data_dir`."""
-    server = S3Server.start(bed_dir / "s3")
+    server = S3Server.start(bed_dir / "s3", host=_host_address() or "localhost")
     print(f"\nS3 server up at {server.endpoint}; log in {server.log}")
     try:
         yield server
@@ -196,8 +204,18 @@ def job_runner(cluster: Cluster, postgres: PostgresServer, bed_dir: Path):
     "on a PVC" by writing to `job_runner.pvc_dir(namespace, claim)`; a pod's output is in
     `job_runner.log_path(namespace, pod)`."""
     if _external():
-        pytest.skip("the job runner stands in for the kubelet of the local test bed only; "
-                    "an existing cluster has real kubelets")
+        from rewind_testbed import external
+        missing = external.missing_for_jobs()
+        if missing:
+            pytest.skip(f"database Jobs run as real pods on an existing cluster only with {' and '.join(missing)} "
+                        "set (where pods reach this machine, a directory every node mounts at the same "
+                        "path: scripts/test-on-kind.sh sets both)")
+        runner = external.ClusterJobs(cluster.kubeconfig, cluster.kubectl_bin,
+                                      Path(tempfile.mkdtemp(prefix="rewind-jobs-", dir=external.SHARED_DIR)))
+        print(f"\ndatabase Jobs run as real pods; PVCs under {runner.root_dir / 'pvc'}")
+        yield runner
+        runner.stop()
+        return
     from rewind_testbed.jobrunner import JobRunner
 
     runner = JobRunner(cluster.kubeconfig, bed_dir / "jobs", find_bindir()).start()

@@ -48,9 +48,11 @@ class S3Server:
     ca_pem: bytes
     proc: Proc | None = field(default=None, repr=False)
 
+    host: str = "localhost"
+
     @property
     def endpoint(self) -> str:
-        return f"https://localhost:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def data_dir(self) -> Path:
@@ -65,22 +67,25 @@ class S3Server:
         return self.run_dir / "versitygw.log"
 
     @classmethod
-    def start(cls, run_dir: Path, binary: Path | None = None) -> "S3Server":
+    def start(cls, run_dir: Path, binary: Path | None = None, host: str = "localhost") -> "S3Server":
+        """On loopback (https://localhost:PORT); or on `host`, an address pods of an existing
+        cluster reach this machine at (its certificate then names that address)."""
         binary = binary or find_binary()
         run_dir.mkdir(parents=True, exist_ok=True)
         for d in ("data", "meta"):
             (run_dir / d).mkdir(exist_ok=True)
         ca = certs.issue("Rewind test S3 CA", ca=True, days=30)
-        leaf = certs.issue("localhost", ca, hosts=["localhost"])
+        leaf = certs.issue(host, ca, hosts=[host])
         (run_dir / "ca.crt").write_bytes(ca.cert_pem)
         (run_dir / "tls.crt").write_bytes(leaf.cert_pem)
         key = run_dir / "tls.key"
         key.write_bytes(leaf.key_pem)
         key.chmod(0o600)
         s3 = cls(run_dir, free_port(), "rewind-test-" + secrets.token_hex(4), secrets.token_urlsafe(24),
-                 ca.cert_pem)
+                 ca.cert_pem, host=host)
         env = {**os.environ, "ROOT_ACCESS_KEY_ID": s3.access_key, "ROOT_SECRET_ACCESS_KEY": s3.secret_key}
-        s3.proc = Proc("versitygw", [str(binary), "--port", f"127.0.0.1:{s3.port}",
+        listen = "127.0.0.1" if host == "localhost" else host
+        s3.proc = Proc("versitygw", [str(binary), "--port", f"{listen}:{s3.port}",
                                      "--cert", str(run_dir / "tls.crt"), "--key", str(key), "--quiet",
                                      "posix", "--sidecar", str(run_dir / "meta"), str(s3.data_dir)],
                        s3.log, env=env)

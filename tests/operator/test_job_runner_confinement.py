@@ -11,7 +11,7 @@ from kubernetes import client
 
 from helpers import wait_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.skipif(os.geteuid() != 0, reason="the runner confines only as root")]
+pytestmark = [pytest.mark.cluster, pytest.mark.test_bed_only, pytest.mark.skipif(os.geteuid() != 0, reason="the runner confines only as root")]
 
 SCRIPT = ("id -u > /out/uid; id -G > /out/groups; "
           "if touch /in/written 2> /out/err; then echo wrote > /out/ro; else echo refused > /out/ro; fi; "

@@ -15,7 +15,7 @@ from kubernetes import client
 from helpers import wait_for
 from rewind_testbed.postgres import find_bindir
 
-pytestmark = [pytest.mark.cluster, pytest.mark.postgres]
+pytestmark = [pytest.mark.cluster, pytest.mark.postgres, pytest.mark.test_bed_only]
 
 LABELS = {"rewind.dev/component": "database-job"}
 SECRET = "db-credentials"

@@ -1094,9 +1094,12 @@ def test_the_quick_start_runs_as_written(cluster, api_client, helm, harness, nam
     if any(n.metadata.name == QUICKSTART_NS for n in core.list_namespace().items):
         pytest.skip(f"namespace {QUICKSTART_NS} already exists in this cluster")
     release_ns = namespaces("operator")
+    # The script's values; a release name of its own: `rewind` would name its ClusterRoles as the
+    # session's shared ones (tests/conftest.py), which this test deletes when it ends.
     docs = template(helm, {"watchNamespaces": [QUICKSTART_NS], "image": {"repository": "rewind", "tag": "0.1.0",
                                                                            "pullPolicy": "Never"}, **SESSION_OWNED},
-                    release="rewind", namespace=release_ns, tmp_path=tmp_path)
+                    release=f"qs{secrets.token_hex(3)}", namespace=release_ns, tmp_path=tmp_path)
+    assert not [d for d in docs if d["kind"] in IDENTITY_KINDS and d["metadata"]["name"] == "rewind-operator"]
     identity = yaml.safe_dump_all([d for d in docs if d["kind"] in IDENTITY_KINDS])
     deployment_spec = one(docs, "Deployment")["spec"]["template"]["spec"]
     (c,) = deployment_spec["containers"]

@@ -298,11 +298,16 @@ def _give_to_group(path: Path, gid: int) -> None:
     """What the kubelet does to a volume for a pod's fsGroup: the group owns everything and may
     write it, and directories pass their group on (setgid)."""
     for item in [path, *path.rglob("*")]:
-        if item.is_symlink():
+        try:
+            if item.is_symlink():
+                continue
+            os.chown(item, -1, gid)
+            mode = item.stat().st_mode
+            os.chmod(item, mode | 0o060 | (0o2010 if item.is_dir() else 0))
+        except FileNotFoundError:
+            # Another pod on the same volume renamed or removed it meanwhile (the backup's
+            # .partial dump, moved into place while the restore's pod starts beside it).
             continue
-        os.chown(item, -1, gid)
-        mode = item.stat().st_mode
-        os.chmod(item, mode | 0o060 | (0o2010 if item.is_dir() else 0))
 
 
 def _others_may_run(script: Path) -> bool:

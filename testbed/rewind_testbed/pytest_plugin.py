@@ -70,6 +70,10 @@ def _host_address() -> str | None:
 def bed_dir() -> Path:
     path = Path(tempfile.mkdtemp(prefix="rewind-bed-"))
     os.chmod(path, 0o755)
+    # kubectl caches API discovery per server address (~/.kube/cache); an earlier session's API
+    # server on the same port, with other CRDs, made `kubectl get rollbackapproval` resolve to a
+    # group this session does not serve. Each session has its own cache.
+    os.environ["KUBECACHEDIR"] = str(path / "kubectl-cache")
     yield path
     if os.environ.get("REWIND_KEEP_BED") != "1":
         shutil.rmtree(path, ignore_errors=True)

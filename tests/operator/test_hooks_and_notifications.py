@@ -340,7 +340,9 @@ def test_a_failing_exit_hook_is_retried_under_one_key(cluster, api_client, names
                                                       hooks_server, alertmanager):
     _bed(api_client, namespace)
     _secret(api_client, namespace, "maintenance-exit", {"url": hooks_server.url("/maintenance/exit")})
-    get = _start_checking(cluster, api_client, namespace, "retried", hooks_server, alertmanager, health, 2)
+    # Three measurements: the check runs for at least a second, long enough to be seen Running
+    # (two, a second apart by whole-second timestamps, may be taken within a fraction of one).
+    get = _start_checking(cluster, api_client, namespace, "retried", hooks_server, alertmanager, health, 3)
     hooks_server.fail_next(2, status=503)          # the exit hook: refused twice, then answered
     rb = wait_phase(api_client, namespace, "retried", {"Succeeded", "Failed", "Interrupted"}, timeout=90)
     assert rb["status"]["phase"] == "Succeeded", rb["status"]

@@ -38,5 +38,7 @@ def test_a_stored_spec_the_operator_cannot_read_fails_clearly(cluster, api_clien
     assert "not a url at all" not in ready["message"]             # fields named, values not
     assert any(e.reason == "InvalidSpec" for e in events_for(api_client, namespace, "loose"))
     writes = audit_writes(cluster, namespace, "rollbacks", "loose", subresource="status")
-    assert writes is not None and len(writes) == 1                 # said once, not retried
+    # Said once, not retried: one write that landed. (The first may meet a 409, kopf's finalizer
+    # patch landing first; that one changed nothing and is sent again.)
+    assert len([w for w in writes if w["responseStatus"]["code"] < 400]) == 1, writes
     cluster.kubectl("delete", "rollback", "loose", "-n", namespace, "--wait=true", "--timeout=30s")

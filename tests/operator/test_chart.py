@@ -895,6 +895,19 @@ def local_args(args: list[str]) -> tuple[list[str], int, int | None]:
     return out, health, metrics
 
 
+def wait_live(op, health: int) -> None:
+    """Until the operator's liveness endpoint (on local port `health`) answers 200; fails at once
+    if the process exited."""
+    def answers() -> bool:
+        assert op.proc.poll() is None, f"the operator exited ({op.proc.returncode}):\n{op.output()[-3000:]}"
+        try:
+            return httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for("the operator's liveness endpoint", answers, timeout=90)
+
+
 def log_errors(text: str) -> list[str]:
     bad = []
     for line in text.splitlines():
@@ -1026,14 +1039,7 @@ def test_the_operator_rolls_back_under_exactly_the_charts_service_account_and_ru
         print(f"operator: {' '.join(op.command())}\noperator log: {op.log}")
         op.start()
 
-        def answers():
-            assert op.proc.poll() is None, f"the operator exited ({op.proc.returncode}):\n{op.output()[-3000:]}"
-            try:
-                return httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for("the operator's liveness endpoint", answers, timeout=90)
+        wait_live(op, health)
 
         apps = client.AppsV1Api(api_client)
         rs = deploy_revisions(apps, namespace, "web", IMAGES)
@@ -1116,14 +1122,7 @@ def test_the_quick_start_runs_as_written(cluster, api_client, helm, harness, nam
                                                          tmp_path / "quickstart-operator.kubeconfig")
         op = harness.Operator(kubeconfig, None, tmp_path / "quickstart-operator.log", args=args)
         op.start()
-        def answers() -> bool:
-            assert op.proc.poll() is None, f"the operator exited ({op.proc.returncode}):\n{op.output()[-3000:]}"
-            try:
-                return httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for("the operator's liveness endpoint", answers, timeout=90)
+        wait_live(op, health)
         kubectl("apply", "-f", str(QUICKSTART / "policy.yaml"))
         kubectl("-n", QUICKSTART_NS, "set", "image", "deployment/web", "nginx=nginx:1.27-broken")
         wait_for("the broken release is revision 2", lambda: (apps.read_namespaced_deployment(

@@ -151,21 +151,29 @@ def get(c: httpx.Client, loc: Location, out: Path, pinned: str | None = None,
         partial.unlink(missing_ok=True)
         raise
     got = {"sha256": sha.hexdigest(), "md5": md5.hexdigest()}
-    for name, value in expected.items():
-        if got[name.split(" ")[0]] != value:
-            partial.unlink(missing_ok=True)
-            raise S3Failure(CORRUPT, f"{loc.ref} does not match its checksum: its content's "
-                                     f"{name.split(' ')[0]} is {got[name.split(' ')[0]][:16]}..., the "
-                                     f"{name} is {value[:16]}...; nothing was restored from it")
-    if expect_sha256 and got["sha256"] != expect_sha256:
+    try:
+        _check(loc, got, expected, expect_sha256, size)
+    except S3Failure:
         partial.unlink(missing_ok=True)
+        raise
+    partial.rename(out)
+    return {"sha256": got["sha256"], "bytes": size}
+
+
+def _check(loc: Location, got: dict[str, str], expected: dict[str, str], expect_sha256: str | None,
+           size: int) -> None:
+    """The downloaded content against every checksum there is for it; S3Failure if one differs."""
+    for name, value in expected.items():
+        algorithm = name.split(" ")[0]
+        if got[algorithm] != value:
+            raise S3Failure(CORRUPT, f"{loc.ref} does not match its checksum: its content's {algorithm} is "
+                                     f"{got[algorithm][:16]}..., the {name} is {value[:16]}...; nothing was "
+                                     "restored from it")
+    if expect_sha256 and got["sha256"] != expect_sha256:
         raise S3Failure(CORRUPT, f"{loc.ref} changed since it was checked (sha256 {got['sha256'][:16]}..., "
                                  f"checked {expect_sha256[:16]}...); nothing was restored from it")
     if size == 0:
-        partial.unlink(missing_ok=True)
         raise S3Failure(EMPTY, f"{loc.ref} is empty (0 bytes)")
-    partial.rename(out)
-    return {"sha256": got["sha256"], "bytes": size}
 
 
 def put(c: httpx.Client, loc: Location, path: Path, owner: str) -> dict:

@@ -3,6 +3,10 @@
     rewind-testbed build     build (or find in the cache) the binaries; print their directory
     rewind-testbed up        start the control plane, PostgreSQL and the job runner (it runs the
                              database Job pods); print how to use them; Ctrl-C stops
+    rewind-testbed up --real-node
+                             the control plane with one real node (kubelet, containerd, runc;
+                             node.py) instead of kwok's, which runs pods for real; writes
+                             DIR/existing-cluster.env, what the suite needs to run against it
 """
 
 from __future__ import annotations
@@ -25,20 +29,39 @@ def _up(args) -> int:
     run_dir.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
     t0 = time.monotonic()
     bin_dir = build_binaries()
-    cp = ControlPlane.start(run_dir / "cluster", bin_dir)
-    pg = runner = None
+    images = None
+    if args.real_node:
+        from rewind_testbed import nodeimage
+        images = nodeimage.build()
+    cp = ControlPlane.start(run_dir / "cluster", bin_dir, fake_nodes=not args.real_node)
+    pg = runner = node = None
     try:
+        if args.real_node:
+            from rewind_testbed import node as nodemod
+            node = nodemod.RealNode.start(cp, run_dir / "node", images)
+            env = run_dir / "existing-cluster.env"
+            shared = run_dir / "shared"
+            shared.mkdir(exist_ok=True)
+            shared.chmod(0o1777)
+            env.write_text("".join(f"export {k}={v}\n" for k, v in {
+                "KUBECONFIG": cp.kubeconfig, "PATH": f"{bin_dir}:$PATH",
+                "REWIND_TEST_EXISTING_CLUSTER": 1, "REWIND_TEST_HOST_ADDRESS": nodemod.HOST_ADDRESS,
+                "REWIND_TEST_SHARED_DIR": shared, "REWIND_TEST_AUDIT_LOG": cp.audit_log,
+                "REWIND_TEST_PKI_DIR": cp.pki.dir}.items()))
         if not args.no_postgres:
-            pg = PostgresServer.start(run_dir / "postgres")
-            runner = JobRunner(cp.kubeconfig, run_dir / "jobs", find_bindir()).start()
-        print(f"Local control plane up in {time.monotonic() - t0:.1f}s "
-              f"(API server {cp.server}, 2 kwok nodes).")
+            pg = PostgresServer.start(run_dir / "postgres", host=nodemod.HOST_ADDRESS if node else "127.0.0.1")
+            if not node:
+                runner = JobRunner(cp.kubeconfig, run_dir / "jobs", find_bindir()).start()
+        nodes = f"1 real node, {nodemod.NODE_NAME}, its logs in {node.run_dir / 'logs'}" if node else "2 kwok nodes"
+        print(f"Local control plane up in {time.monotonic() - t0:.1f}s (API server {cp.server}, {nodes}).")
         print("Point kubectl at it:\n")
         print(f"  export KUBECONFIG={cp.kubeconfig}")
         print(f"  export PATH={bin_dir}:$PATH")
         print("  kubectl get nodes\n")
+        if node:
+            print(f"The suite against it: source {env} && make test\n")
         if pg:
-            print(f"PostgreSQL: 127.0.0.1:{pg.port}, superuser postgres, "
+            print(f"PostgreSQL: {pg.host}:{pg.port}, superuser postgres, "
                   f"password in {run_dir / 'postgres' / 'superuser-password'} (mode 0600)")
             pw = run_dir / "postgres" / "superuser-password"
             pw.write_text(pg.password)
@@ -53,7 +76,7 @@ def _up(args) -> int:
         signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
         try:
             while not stop:
-                for p in cp.procs:
+                for p in cp.procs + (node.procs if node else []):
                     p.check_alive()
                 time.sleep(1)
         except KeyboardInterrupt:
@@ -63,6 +86,8 @@ def _up(args) -> int:
             runner.stop()
         if pg:
             pg.stop()
+        if node:
+            node.stop()
         cp.stop()
     return 0
 
@@ -75,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="run the control plane (and PostgreSQL) in the foreground")
     up.add_argument("--dir", help="run directory (default: a new temporary directory)")
     up.add_argument("--no-postgres", action="store_true")
+    up.add_argument("--real-node", action="store_true",
+                    help="one real node (kubelet on containerd; needs root) instead of kwok's")
     args = parser.parse_args(argv)
     if args.command == "build":
         print(build_binaries())

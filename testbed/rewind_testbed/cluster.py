@@ -65,6 +65,8 @@ class ControlPlane:
     api_port: int
     kubeconfig: Path
     procs: list[Proc] = field(default_factory=list)
+    # False: no kwok and no fake nodes, for a real kubelet to join (node.py).
+    fake_nodes: bool = True
 
     @property
     def server(self) -> str:
@@ -92,12 +94,12 @@ class ControlPlane:
         return httpx.Client(base_url=self.server, verify=ctx, timeout=5)
 
     @classmethod
-    def start(cls, run_dir: Path, bin_dir: Path | None = None) -> "ControlPlane":
+    def start(cls, run_dir: Path, bin_dir: Path | None = None, fake_nodes: bool = True) -> "ControlPlane":
         bin_dir = bin_dir or build_binaries()
         run_dir.mkdir(parents=True, exist_ok=True)
         pki = pkimod.generate(run_dir / "pki")
         cp = cls(run_dir=run_dir, bin_dir=bin_dir, pki=pki, api_port=free_port(),
-                 kubeconfig=run_dir / "admin.kubeconfig")
+                 kubeconfig=run_dir / "admin.kubeconfig", fake_nodes=fake_nodes)
         try:
             cp._start_all()
         except BaseException:
@@ -147,6 +149,9 @@ class ControlPlane:
             "--profiling=false",
             f"--audit-policy-file={AUDIT_POLICY}", f"--audit-log-path={self.audit_log}",
             "--audit-log-format=json", "--audit-log-mode=blocking",
+            # To a real kubelet (logs, exec), as the admin; the kubelet checks it against the CA.
+            f"--kubelet-client-certificate={pki.admin_crt}", f"--kubelet-client-key={pki.admin_key}",
+            "--kubelet-preferred-address-types=InternalIP",
         )
         _write_kubeconfig(self.kubeconfig, self.server, pki)
         with self._client() as client:
@@ -167,14 +172,15 @@ class ControlPlane:
             "--controllers=*",
         )
         sched = self._proc("kube-scheduler", *common, f"--secure-port={free_port()}")
-        kwok = self._proc(
-            "kwok", f"--kubeconfig={self.kubeconfig}", f"--config={KWOK_STAGES}",
-            "--manage-all-nodes=true", "--node-lease-duration-seconds=40",
-            f"--server-address=127.0.0.1:{free_port()}",
-        )
-        watched = [etcd, api, kcm, sched, kwok]
-        self._create_nodes()
-        wait_until("fake nodes Ready", self._nodes_ready, 120, watched)
+        watched = [etcd, api, kcm, sched]
+        if self.fake_nodes:
+            watched.append(self._proc(
+                "kwok", f"--kubeconfig={self.kubeconfig}", f"--config={KWOK_STAGES}",
+                "--manage-all-nodes=true", "--node-lease-duration-seconds=40",
+                f"--server-address=127.0.0.1:{free_port()}",
+            ))
+            self._create_nodes()
+            wait_until("fake nodes Ready", self._nodes_ready, 120, watched)
         # The service-account controller creates `default` in each namespace; Pods need it.
         wait_until("default ServiceAccount", lambda: self.kubectl(
             "get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0,

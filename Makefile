@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap test test-long unit fuzz demo demo-undo demo-gitops cluster crd manifests clean bench bench-scale soak
+.PHONY: bootstrap test test-long unit fuzz demo demo-undo demo-gitops cluster crd manifests clean bench bench-scale soak test-real-node quickstart-real-node
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -15,6 +15,12 @@ test-long: bootstrap  ## the long tier: API outages of two minutes, the fuzz tie
 	REWIND_FUZZ_EXAMPLES=$${REWIND_FUZZ_EXAMPLES:-500} $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
 	$(PY) bench/scale.py --rollbacks 1000 --namespaces 20 --rounds 1 --kubectl-parallel 20 --timeout 3600 --tag long
 	$(PY) bench/soak.py --minutes $${REWIND_SOAK_MINUTES:-30}
+
+test-real-node: bootstrap  ## the suite against the control plane with one real node (kubelet, containerd, runc; needs root): database Jobs run as real pods
+	bash scripts/with-real-node.sh $(PY) -m pytest -ra $(PYTEST_ARGS)
+
+quickstart-real-node: bootstrap  ## the README's quick start (scripts/quickstart.sh) on the test bed's real node: the chart's operator in a real pod rolls back a real Deployment
+	bash scripts/with-real-node.sh bash scripts/quickstart.sh
 
 unit: bootstrap  ## tests that need no cluster and no database
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -9,12 +9,13 @@
 # tested there piece by piece: the image's contents (tests/unit/test_image.py), the chart (lint,
 # render, server-side dry run, and one rollback under exactly its ServiceAccount and rules:
 # tests/operator/test_chart.py), and these very example files, applied as they are below, with the
-# operator the chart starts (tests/operator/test_quickstart.py).
+# operator the chart starts (tests/operator/test_chart.py::test_the_quick_start_runs_as_written).
+# The steps after the image (scripts/quickstart.sh) also run on the test bed's real node, the
+# operator in a pod of the chart's: scripts/real-node-quickstart.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cluster=${KIND_CLUSTER:-rewind}
 image=rewind:0.1.0
-helm=${HELM:-$(bash testbed/build-helm.sh)/helm}
 say() { printf '\n== %s\n' "$*"; }
 
 say "a kind cluster ($cluster)"
@@ -25,24 +26,4 @@ say "the operator's image, loaded into the cluster"
 docker build -t "$image" .
 kind load docker-image "$image" --name "$cluster"
 
-say "the application, first release"
-kubectl apply -f examples/quickstart/app.yaml
-kubectl -n quickstart rollout status deployment/web --timeout=180s
-
-say "Rewind, by its chart, watching the quickstart namespace"
-"$helm" upgrade --install rewind charts/rewind --namespace rewind-system --create-namespace \
-  --set 'watchNamespaces={quickstart}' --set image.repository=rewind --set image.tag=0.1.0 \
-  --set image.pullPolicy=Never --wait --timeout 180s
-kubectl wait --for=condition=Established crd/rollbacks.rewind.dev --timeout=60s
-kubectl apply -f examples/quickstart/policy.yaml
-
-say "a broken release: an image tag that does not exist"
-kubectl -n quickstart set image deployment/web nginx=nginx:1.27-broken
-sleep 5
-kubectl -n quickstart get pods
-
-say "the rollback: apply it, then follow it until it ends"
-kubectl apply -f examples/quickstart/rollback.yaml
-kubectl wait --for=condition=Ready rollback/web-back -n quickstart --timeout=300s
-kubectl get rollbacks -n quickstart
-kubectl -n quickstart get deployment web -o jsonpath='{.spec.template.spec.containers[0].image}{"\n"}'
+bash scripts/quickstart.sh

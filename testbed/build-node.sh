@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds a real node for the test control plane: kubelet (from the same Kubernetes module as the
-# control plane, so testbed/build.sh runs first), containerd with its runc shim and ctr, runc, and
-# the CNI plugins the node's pod network uses (bridge, host-local, loopback), all from the Go module
-# proxy into a cache outside the repository, keyed by version. A second run with the binaries
-# present returns at once. Prints the bin directory on stdout (the CNI plugins in its cni/).
+# Builds a real node for the test control plane: kubelet and kube-proxy (from the same Kubernetes
+# module as the control plane, so testbed/build.sh runs first), containerd with its runc shim and
+# ctr, runc, the CNI plugins the node's pod network uses (bridge, host-local, loopback) and CoreDNS
+# (its cluster DNS), all from the Go module proxy into a cache outside the repository, keyed by
+# version. A second run with the binaries present returns at once. Prints the bin directory on
+# stdout (the CNI plugins in its cni/).
 #
 # runc is built with cgo against Debian's libseccomp (the `seccomp` build tag): the Job pods ask for
 # the RuntimeDefault seccomp profile, which a runc without seccomp cannot apply.
@@ -13,9 +14,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
 
 cache=${REWIND_CACHE:-$HOME/.cache/rewind}
-key="node-k8s-${KUBERNETES_VERSION}_containerd-${CONTAINERD_VERSION}_runc-${RUNC_VERSION}_cni-${CNI_PLUGINS_VERSION}"
+key="node-k8s-${KUBERNETES_VERSION}_containerd-${CONTAINERD_VERSION}_runc-${RUNC_VERSION}_cni-${CNI_PLUGINS_VERSION}_coredns-${COREDNS_VERSION}"
 bin="$cache/bin/$key"
-wanted=(kubelet containerd containerd-shim-runc-v2 ctr runc cni/bridge cni/host-local cni/loopback)
+wanted=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr runc coredns cni/bridge cni/host-local cni/loopback)
 
 have_all() { for b in "${wanted[@]}"; do [ -x "$bin/$b" ] || return 1; done; }
 if have_all; then echo "$bin"; exit 0; fi
@@ -36,9 +37,9 @@ work=$(mktemp -d "$cache/src/$key.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 start=$(date +%s)
 
-log "building kubelet $KUBERNETES_VERSION"
+log "building kubelet and kube-proxy $KUBERNETES_VERSION"
 ldk8s="-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2) -X k8s.io/component-base/version.gitTreeState=clean"
-(cd "$k8s" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldk8s" -o "$work/kubelet" k8s.io/kubernetes/cmd/kubelet >&2)
+(cd "$k8s" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldk8s" -o "$work/" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy >&2)
 
 # `go install module/cmd@version` builds each with the module's own go.mod and go.sum: the
 # dependency set its maintainers tested.
@@ -51,6 +52,8 @@ done
 log "building runc $RUNC_VERSION (cgo, seccomp)"
 GOBIN="$work" CGO_ENABLED=1 go install -trimpath -tags "seccomp urfave_cli_no_docs" \
   -ldflags "-s -w -X main.version=${RUNC_VERSION#v}" "github.com/opencontainers/runc@$RUNC_VERSION" >&2
+log "building CoreDNS $COREDNS_VERSION"
+GOBIN="$work" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION" >&2
 log "building CNI plugins $CNI_PLUGINS_VERSION (bridge, host-local, loopback)"
 mkdir -p "$work/cni"
 for plugin in main/bridge ipam/host-local main/loopback; do

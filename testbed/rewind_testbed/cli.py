@@ -33,11 +33,12 @@ def _up(args) -> int:
     if args.real_node:
         from rewind_testbed import nodeimage
         images = nodeimage.build()
-    cp = ControlPlane.start(run_dir / "cluster", bin_dir, fake_nodes=not args.real_node)
+    from rewind_testbed import node as nodemod
+    cp = ControlPlane.start(run_dir / "cluster", bin_dir, fake_nodes=not args.real_node,
+                            pod_address=nodemod.HOST_ADDRESS if args.real_node else None)
     pg = runner = node = None
     try:
         if args.real_node:
-            from rewind_testbed import node as nodemod
             node = nodemod.RealNode.start(cp, run_dir / "node", images)
             env = run_dir / "existing-cluster.env"
             shared = run_dir / "shared"

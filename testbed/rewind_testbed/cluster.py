@@ -67,6 +67,9 @@ class ControlPlane:
     procs: list[Proc] = field(default_factory=list)
     # False: no kwok and no fake nodes, for a real kubelet to join (node.py).
     fake_nodes: bool = True
+    # Where pods reach the API server (a real node's bridge): it listens on every address and
+    # publishes this one as the `kubernetes` Service's endpoint, for kube-proxy to route to.
+    pod_address: str | None = None
 
     @property
     def server(self) -> str:
@@ -94,12 +97,13 @@ class ControlPlane:
         return httpx.Client(base_url=self.server, verify=ctx, timeout=5)
 
     @classmethod
-    def start(cls, run_dir: Path, bin_dir: Path | None = None, fake_nodes: bool = True) -> "ControlPlane":
+    def start(cls, run_dir: Path, bin_dir: Path | None = None, fake_nodes: bool = True,
+              pod_address: str | None = None) -> "ControlPlane":
         bin_dir = bin_dir or build_binaries()
         run_dir.mkdir(parents=True, exist_ok=True)
         pki = pkimod.generate(run_dir / "pki")
         cp = cls(run_dir=run_dir, bin_dir=bin_dir, pki=pki, api_port=free_port(),
-                 kubeconfig=run_dir / "admin.kubeconfig", fake_nodes=fake_nodes)
+                 kubeconfig=run_dir / "admin.kubeconfig", fake_nodes=fake_nodes, pod_address=pod_address)
         try:
             cp._start_all()
         except BaseException:
@@ -133,7 +137,9 @@ class ControlPlane:
         api = self._proc(
             "kube-apiserver",
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            *(["--bind-address=0.0.0.0", f"--advertise-address={self.pod_address}"] if self.pod_address
+              else ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                    "--endpoint-reconciler-type=none"]),
             f"--secure-port={self.api_port}",
             f"--tls-cert-file={pki.apiserver_crt}", f"--tls-private-key-file={pki.apiserver_key}",
             f"--client-ca-file={pki.ca_crt}",
@@ -143,7 +149,6 @@ class ControlPlane:
             "--service-cluster-ip-range=10.0.0.0/24",
             "--authorization-mode=RBAC",
             "--allow-privileged=true",
-            "--endpoint-reconciler-type=none",
             "--max-requests-inflight=0", "--max-mutating-requests-inflight=0",
             "--enable-priority-and-fairness=false",
             "--profiling=false",

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 
-from rewind_testbed.jobrunner import JobRunner
+from rewind_testbed.jobrunner import LABEL_SELECTOR, JobRunner
 
 HOST_ADDRESS = os.environ.get("REWIND_TEST_HOST_ADDRESS") or None
 SHARED_DIR = os.environ.get("REWIND_TEST_SHARED_DIR") or None
@@ -46,7 +48,10 @@ def missing_for_jobs() -> list[str]:
 class ClusterJobs(JobRunner):
     """The `job_runner` fixture's interface where real kubelets run the Job pods: it runs nothing.
     A PVC is a hostPath PersistentVolume on the shared directory (create_pvc, pvc_dir, as the
-    local runner's); a pod's output is read with `kubectl logs` when asked for."""
+    local runner's). A watch of the database Job pods saves each one's output (`kubectl logs`) to
+    log_path as its containers end, before the operator deletes its Job (and the pod with it), so
+    tests read pod logs, and count the pods that ran, as they do with the local runner; the
+    runner's own log lists them."""
 
     def __init__(self, kubeconfig: Path, kubectl: str, shared: Path):
         super().__init__(kubeconfig, shared / "jobs", Path("/nonexistent"))
@@ -55,6 +60,7 @@ class ClusterJobs(JobRunner):
             (self.root_dir / sub).mkdir(parents=True, exist_ok=True)
         for path in (shared, shared / "jobs", self.root_dir / "pvc"):
             path.chmod(0o1777)
+        self._saved: dict[str, int] = {}     # pod uid -> containers ended when its logs were saved
 
     def create_pvc(self, namespace: str, claim: str, size: str = "1Gi", timeout: float = 60) -> Path:
         path = self.pvc_dir(namespace, claim)
@@ -63,32 +69,48 @@ class ClusterJobs(JobRunner):
             p.chmod(0o1777)       # the pods' uid 999 writes here; a hostPath gets no fsGroup
         return super().create_pvc(namespace, claim, size, timeout)
 
-    def log_path(self, namespace: str, pod: str) -> Path:
+    def _save_logs(self, namespace: str, pod: str) -> Path:
         path = super().log_path(namespace, pod)
         out = subprocess.run([*self._kubectl, "logs", pod, "-n", namespace, "--all-containers", "--prefix"],
                              capture_output=True, text=True, timeout=60)
-        path.write_text(out.stdout + out.stderr)
+        if out.returncode == 0 or not path.exists():
+            path.write_text(out.stdout + out.stderr)
         return path
 
-    @property
-    def log_file(self) -> Path:
-        """Every Job pod's output so far, collected now (the local runner's own log has no
-        counterpart: here a kubelet ran them)."""
-        path = self.root_dir / "jobrunner.log"
-        out = subprocess.run([*self._kubectl, "get", "pods", "-A", "-l", "rewind.dev/component=database-job",
-                              "-o", "jsonpath={range .items[*]}{.metadata.namespace} {.metadata.name}{\"\\n\"}{end}"],
-                             capture_output=True, text=True, timeout=60)
-        parts = []
-        for line in out.stdout.splitlines():
-            if line.strip():
-                ns, pod = line.split()
-                parts.append(self.log_path(ns, pod).read_text())
-        path.write_text("\n".join(parts))
-        return path
+    def _watch(self) -> None:
+        from kubernetes import watch
+
+        while not self._stopping.is_set():
+            try:
+                for event in watch.Watch().stream(self.core.list_pod_for_all_namespaces,
+                                                  label_selector=LABEL_SELECTOR,
+                                                  timeout_seconds=self._watch_timeout):
+                    pod = event["object"]
+                    statuses = [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]
+                    ended = sum(1 for c in statuses if c.state and c.state.terminated)
+                    uid = pod.metadata.uid
+                    if ended and (ended > self._saved.get(uid, 0) or pod.metadata.deletion_timestamp):
+                        self._saved[uid] = ended
+                        self._save_logs(pod.metadata.namespace, pod.metadata.name)
+                        with self.log_file.open("a") as f:
+                            f.write(f"{pod.metadata.namespace}/{pod.metadata.name}: {ended} container(s) "
+                                    f"ended, phase {pod.status.phase}\n")
+                    if self._stopping.is_set():
+                        return
+            except Exception as e:  # noqa: BLE001 - the next round lists again
+                with self.log_file.open("a") as f:
+                    f.write(f"watch: {type(e).__name__}: {e}\n")
+                time.sleep(1)
 
     def start(self) -> "ClusterJobs":
+        self.log_file.touch()
+        self._thread = threading.Thread(target=self._watch, name="cluster-jobs", daemon=True)
+        self._thread.start()
         return self
 
     def stop(self, timeout: float = 30) -> None:
+        self._stopping.set()
+        if self._thread:
+            self._thread.join(timeout)
         if self._owns_api:
             self._api.close()

@@ -10,7 +10,9 @@ cluster gets (REWIND_TEST_EXISTING_CLUSTER=1).
 
 Its pod network is a bridge with one subnet, no masquerading and no route out: pods reach this
 machine at the bridge's address (HOST_ADDRESS), where the tests' PostgreSQL and S3 server listen,
-and nothing else. There is no kube-proxy and no cluster DNS (the Job pods connect by address).
+and nothing else. With a control plane that publishes itself there (ControlPlane.pod_address),
+kube-proxy routes the `kubernetes` Service to the API server, so an operator can run in a pod;
+CoreDNS on the bridge's address is the cluster DNS (Service names only; nothing outside).
 The kubelet serves its API on the bridge's address only, to clients with a certificate from the
 test bed's CA (the API server, as admin), and authorizes them through the API server.
 
@@ -27,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import yaml
 
 from rewind_testbed import pki as pkimod
@@ -124,6 +127,7 @@ state = "{self.socket.parent / 'state'}"
         for image in images:
             self.ctr("images", "import", "--no-unpack", str(image))
 
+        self._dns(env)
         kubeconfig = self._kubelet_kubeconfig()
         port = free_port()
         kubelet_config = d / "kubelet/config.yaml"
@@ -137,6 +141,7 @@ state = "{self.socket.parent / 'state'}"
             "cgroupDriver": "cgroupfs", "failCgroupV1": False, "failSwapOn": False,
             "containerRuntimeEndpoint": f"unix://{self.socket}",
             "podLogsDir": str(d / "pod-logs"),
+            "clusterDNS": [HOST_ADDRESS], "clusterDomain": "cluster.local",
             "resolvConf": "/etc/resolv.conf",
             "serializeImagePulls": False,
             # Its images are imported, never pulled: nothing may collect them, nothing evicts.
@@ -153,7 +158,56 @@ state = "{self.socket.parent / 'state'}"
             f"--hostname-override={NODE_NAME}", f"--node-ip={HOST_ADDRESS}", "--v=1",
         ], env)
         wait_until("the real node Ready", self._ready, 120, self.procs, interval=1)
+        if self.cp.pod_address:
+            self._kube_proxy(env)
         self.started_in = time.monotonic() - t0
+
+    def _dns(self, env: dict) -> None:
+        """The cluster DNS, CoreDNS with its `kubernetes` plugin, on the bridge's address: Service
+        names resolve as in any cluster (kopf's in-cluster login goes to kubernetes.default.svc),
+        and nothing else does (no upstream: the pods reach nothing outside)."""
+        user = "system:rewind-test-dns"
+        self.cp.kubectl("create", "clusterrole", "rewind-test-dns", "--verb=get,list,watch",
+                        "--resource=services,endpoints,namespaces,pods,endpointslices.discovery.k8s.io", check=False)
+        self.cp.kubectl("create", "clusterrolebinding", "rewind-test-dns", "--clusterrole=rewind-test-dns",
+                        f"--user={user}", check=False)
+        kubeconfig = pkimod.user_kubeconfig(self.cp.pki, self.cp.kubeconfig, user, [], self.run_dir / "dns")
+        corefile = self.run_dir / "dns/Corefile"
+        health = free_port()
+        corefile.write_text(f"""cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {{
+    bind {HOST_ADDRESS}
+    errors
+    health 127.0.0.1:{health}
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+        pods insecure
+    }}
+    cache 30
+}}
+""")
+        dns = self._proc("coredns", [str(self.bin_dir / "coredns"), "-conf", str(corefile)], env)
+        wait_until("CoreDNS", lambda: httpx.get(f"http://127.0.0.1:{health}/health", timeout=2).status_code == 200,
+                   60, [dns], interval=0.5)
+
+    def _kube_proxy(self, env: dict) -> None:
+        """Services for the node's pods (iptables rules): what lets a pod reach the API server at
+        the `kubernetes` Service, as an operator running in the cluster does."""
+        user = "system:kube-proxy"
+        self.cp.kubectl("create", "clusterrolebinding", "rewind-test-node-proxier",
+                        "--clusterrole=system:node-proxier", f"--user={user}", check=False)
+        kubeconfig = pkimod.user_kubeconfig(self.cp.pki, self.cp.kubeconfig, user, [], self.run_dir / "kube-proxy")
+        health = free_port()
+        config = self.run_dir / "kube-proxy/config.yaml"
+        config.write_text(yaml.safe_dump({
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(kubeconfig)},
+            "mode": "iptables", "clusterCIDR": SUBNET, "hostnameOverride": NODE_NAME,
+            "healthzBindAddress": f"127.0.0.1:{health}", "metricsBindAddress": f"127.0.0.1:{free_port()}",
+            # Leave the machine's conntrack settings alone.
+            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+        }))
+        proxy = self._proc("kube-proxy", [str(self.bin_dir / "kube-proxy"), f"--config={config}"], env)
+        wait_until("kube-proxy's rules", lambda: _iptables_has("KUBE-SERVICES"), 60, [proxy], interval=0.5)
 
     def _proc(self, name: str, argv: list[str], env: dict) -> Proc:
         p = Proc(name, argv, self.run_dir / "logs" / f"{name}.log", env=env)
@@ -201,9 +255,12 @@ state = "{self.socket.parent / 'state'}"
                     time.sleep(0.5)
             for container in self.ctr("containers", "ls", "-q", check=False).stdout.split():
                 self.ctr("containers", "delete", container, check=False, timeout=30)
+        proxied = any(p.name == "kube-proxy" for p in self.procs)
         for p in reversed(self.procs):
             p.stop()
         self.procs.clear()
+        if proxied:    # its iptables rules, gone
+            subprocess.run([str(self.bin_dir / "kube-proxy"), "--cleanup"], capture_output=True, timeout=60)
         for root in (self.run_dir, self.socket.parent):
             for mount in sorted(_mounts_under(root), key=len, reverse=True):
                 subprocess.run(["umount", "-l", mount], capture_output=True)
@@ -214,6 +271,10 @@ state = "{self.socket.parent / 'state'}"
 def _pause_image() -> str:
     from rewind_testbed.nodeimage import PAUSE_IMAGE
     return PAUSE_IMAGE
+
+
+def _iptables_has(chain: str) -> bool:
+    return subprocess.run(["iptables", "-t", "nat", "-S", chain], capture_output=True).returncode == 0
 
 
 def _mounts_under(root: Path) -> list[str]:

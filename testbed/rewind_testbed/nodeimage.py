@@ -5,10 +5,12 @@ No registry is reachable from the development machines, so the real node (node.p
 archives that `ctr images import` loads:
 
 - a Debian bookworm root filesystem made by `debootstrap` (from Debian's packages, which these
-  machines reach) with the PostgreSQL 15 client tools, Python 3.11 and the `rewind` package in
-  /opt/rewind, installed offline from wheels this machine's pip built. It is tagged both
-  `postgres:16` (the operator's default `--job-image`; the tools inside are PostgreSQL 15's, the
-  version of the test bed's server) and `rewind:0.1.0` (the `--tool-image` of `rewind s3`);
+  machines reach) with the PostgreSQL 15 client tools, nginx, Python 3.11 and the `rewind`
+  package in /opt/rewind, installed offline from wheels this machine's pip built. It is one layer
+  under three images: `postgres:16` (the operator's default `--job-image`; the tools inside are
+  PostgreSQL 15's, the version of the test bed's server), `rewind:0.1.0` (the operator, as the
+  Dockerfile makes it: entrypoint `rewind`, user 10001; also the `--tool-image` of `rewind s3`)
+  and `nginx:1.27` (the quick start's application);
 - `pause`: testbed/node/pause.c, built static, alone in its image.
 
 Each is cached under ~/.cache/rewind/node-images, keyed by what went into it.
@@ -30,9 +32,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PAUSE_C = REPO / "testbed" / "node" / "pause.c"
 MIRROR = os.environ.get("REWIND_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-PACKAGES = ["postgresql-client-15", "python3", "python3-venv", "ca-certificates"]
+PACKAGES = ["postgresql-client-15", "python3", "python3-venv", "ca-certificates", "nginx-light"]
 JOB_IMAGE = "docker.io/library/postgres:16"
 TOOL_IMAGE = "docker.io/library/rewind:0.1.0"
+APP_IMAGE = "docker.io/library/nginx:1.27"
 PAUSE_IMAGE = "rewind.local/pause:1"
 PATH = "/opt/rewind/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -92,18 +95,21 @@ def _layer(rootfs: Path, out: Path) -> None:
             tar.add(path, arcname=str(rel), recursive=False)
 
 
-def _archive(out: Path, layer: Path, tags: list[str], config: dict) -> None:
-    """A Docker archive (`docker save`'s format) of one layer, which `ctr images import` reads."""
+def _archive(out: Path, layer: Path, images: list[tuple[list[str], dict]]) -> None:
+    """A Docker archive (`docker save`'s format), which `ctr images import` reads: one layer under
+    each image's tags and config."""
     diff_id = "sha256:" + hashlib.sha256(layer.read_bytes()).hexdigest()
-    image_config = {"architecture": "amd64", "os": "linux", "config": config,
-                    "rootfs": {"type": "layers", "diff_ids": [diff_id]}}
-    config_bytes = json.dumps(image_config, sort_keys=True).encode()
-    config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
-    manifest = json.dumps([{"Config": config_name, "RepoTags": tags, "Layers": ["layer.tar"]}]).encode()
+    manifest, configs = [], {}
+    for tags, config in images:
+        config_bytes = json.dumps({"architecture": "amd64", "os": "linux", "config": config,
+                                   "rootfs": {"type": "layers", "diff_ids": [diff_id]}}, sort_keys=True).encode()
+        name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+        configs[name] = config_bytes
+        manifest.append({"Config": name, "RepoTags": tags, "Layers": ["layer.tar"]})
     tmp = out.with_suffix(".partial")
     with tarfile.open(tmp, "w") as tar:
         tar.add(layer, arcname="layer.tar")
-        for name, data in ((config_name, config_bytes), ("manifest.json", manifest)):
+        for name, data in [*configs.items(), ("manifest.json", json.dumps(manifest).encode())]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -111,7 +117,7 @@ def _archive(out: Path, layer: Path, tags: list[str], config: dict) -> None:
 
 
 def build() -> list[Path]:
-    """The images' archives: the Job and tool image, then the pause image."""
+    """The images' archives: the Job, operator and application images, then the pause image."""
     cache = _cache()
     cache.mkdir(parents=True, exist_ok=True)
     rootfs = base_rootfs()
@@ -122,9 +128,9 @@ def build() -> list[Path]:
             root.mkdir()
             subprocess.run(["gcc", "-O2", "-static", "-o", str(root / "pause"), str(PAUSE_C)], check=True)
             _layer(root, Path(tmp) / "layer.tar")
-            _archive(pause_out, Path(tmp) / "layer.tar", [PAUSE_IMAGE],
-                     {"Entrypoint": ["/pause"], "User": "65535:65535"})
-    image_out = cache / f"rewind-jobs-{_digest(rootfs.parent.name.encode(), _sources_digest())}.tar"
+            _archive(pause_out, Path(tmp) / "layer.tar",
+                     [([PAUSE_IMAGE], {"Entrypoint": ["/pause"], "User": "65535:65535"})])
+    image_out = cache / f"rewind-node-{_digest(rootfs.parent.name.encode(), _sources_digest())}.tar"
     if not image_out.exists():
         _log("installing the rewind package into a copy of the root filesystem")
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
@@ -138,12 +144,18 @@ def build() -> list[Path]:
             subprocess.run(["chroot", str(root), "/opt/rewind/bin/rewind", "--help"], check=True,
                            stdout=subprocess.DEVNULL, env={"PATH": PATH})
             shutil.rmtree(root / "wheels")
+            subprocess.run(["chroot", str(root), "sh", "-c", "groupadd --gid 10001 rewind && useradd --uid 10001 "
+                            "--gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin rewind"],
+                           check=True, env={"PATH": PATH})
             for leftover in ("opt/rewind/bin/rewind-testbed",):
                 (root / leftover).unlink(missing_ok=True)
             _layer(root, Path(tmp) / "layer.tar")
-            _archive(image_out, Path(tmp) / "layer.tar", [JOB_IMAGE, TOOL_IMAGE],
-                     {"Env": [f"PATH={PATH}", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"],
-                      "Cmd": ["sh"]})
+            env = [f"PATH={PATH}", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"]
+            _archive(image_out, Path(tmp) / "layer.tar", [
+                ([JOB_IMAGE], {"Env": env, "Cmd": ["sh"]}),
+                ([TOOL_IMAGE], {"Env": env, "Entrypoint": ["rewind"], "Cmd": ["run"], "User": "10001:10001"}),
+                ([APP_IMAGE], {"Env": env, "Cmd": ["nginx", "-g", "daemon off;"], "StopSignal": "SIGQUIT"}),
+            ])
     return [image_out, pause_out]
 
 

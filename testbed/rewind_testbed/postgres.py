@@ -75,7 +75,7 @@ class PostgresServer:
 
     @classmethod
     def start(cls, run_dir: Path, host: str = "127.0.0.1") -> "PostgresServer":
-        """On loopback; or on `host`, an address pods of an existing cluster reach this machine
+        """On loopback; and on `host` too, an address pods of an existing cluster reach this machine
         at (then any client that knows the password may connect: scram-sha-256 from anywhere)."""
         bindir = find_bindir()
         user = _run_as()
@@ -113,7 +113,8 @@ class PostgresServer:
         server.proc = Proc(
             "postgres",
             [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
-             "-c", f"listen_addresses={host}", "-c", f"unix_socket_directories={data}",
+             "-c", f"listen_addresses={','.join(dict.fromkeys(['127.0.0.1', host]))}",
+             "-c", f"unix_socket_directories={data}",
              "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
              "-c", "max_connections=200", "-c", "log_min_messages=warning"],
             log, user=user,

@@ -215,7 +215,7 @@ def job_runner(cluster: Cluster, postgres: PostgresServer, bed_dir: Path):
                         "set (where pods reach this machine, a directory every node mounts at the same "
                         "path: scripts/test-on-kind.sh sets both)")
         runner = external.ClusterJobs(cluster.kubeconfig, cluster.kubectl_bin,
-                                      Path(tempfile.mkdtemp(prefix="rewind-jobs-", dir=external.SHARED_DIR)))
+                                      Path(tempfile.mkdtemp(prefix="rewind-jobs-", dir=external.SHARED_DIR))).start()
         print(f"\ndatabase Jobs run as real pods; PVCs under {runner.root_dir / 'pvc'}")
         yield runner
         runner.stop()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client
+from rewind_testbed.install import PERMISSIVE
 
 from helpers import (
     audit_writes, condition, deploy_revisions, deployment_dict, events_for, get_rollback,
@@ -103,7 +104,7 @@ def people(cluster, namespace, tmp_path):
 
 
 def _policy(cluster, namespace: str, **spec) -> None:
-    spec.setdefault("egress", [{"cidr": "127.0.0.0/8"}])
+    spec.setdefault("egress", PERMISSIVE["egress"])
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump({
         "apiVersion": "rewind.dev/v1alpha1", "kind": "RollbackPolicy", "metadata": {"name": "default"},
         "spec": spec}))

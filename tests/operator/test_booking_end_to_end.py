@@ -24,7 +24,8 @@ from rewind_testbed.receivers import SmtpReceiver, WebhookReceiver, server_tls_c
 from rewind import incident as incident_report
 from rewind_testbed.booking import BookingApp, localize
 
-pytestmark = [pytest.mark.cluster, pytest.mark.postgres]
+# Its workloads are examples/booking's, whose images (registry.example.com/instyle/...) no registry serves.
+pytestmark = [pytest.mark.cluster, pytest.mark.postgres, pytest.mark.made_up_images]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "booking"
 NAME = "booking-oauth-outage"

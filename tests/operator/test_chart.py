@@ -1091,11 +1091,12 @@ QUICKSTART_NS = "quickstart"           # the example files name it
 
 @pytest.mark.cluster
 def test_the_quick_start_runs_as_written(cluster, api_client, helm, harness, namespaces, rollback_crd, tmp_path):
-    """scripts/kind-quickstart.sh's steps with its very files and chart values, against the local
+    """scripts/quickstart.sh's steps with its very files and chart values, against the local
     control plane: the app applied, the chart's operator (its ServiceAccount, rules and args for
     `watchNamespaces={quickstart}`), the example policy, a broken release by `kubectl set image`,
     the example Rollback, `kubectl wait --for=condition=Ready`. Not run here: kind, docker build
-    and helm install itself (no Docker engine); kwok's pods start whatever the image."""
+    and helm install itself (no Docker engine); kwok's pods start whatever the image. `make
+    quickstart-real-node` runs the script itself, helm install included, on a real node."""
     core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
     if any(n.metadata.name == QUICKSTART_NS for n in core.list_namespace().items):
         pytest.skip(f"namespace {QUICKSTART_NS} already exists in this cluster")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client
-from rewind_testbed.install import wait_established
+from rewind_testbed.install import PERMISSIVE, wait_established
 
 from helpers import (
     audit_writes, condition, deploy_revisions, deployment_dict, get_rollback, kubectl_apply,
@@ -219,7 +219,7 @@ def test_a_requester_who_may_not_suspend(cluster, api_client, apps, namespace, g
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "requester"},
          "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "carol"}]},
         {"apiVersion": "rewind.dev/v1alpha1", "kind": "RollbackPolicy", "metadata": {"name": "default"},
-         "spec": {"egress": [{"cidr": "127.0.0.0/8"}], "gitops": {"missingPermission": missing}}}]))
+         "spec": {"egress": PERMISSIVE["egress"], "gitops": {"missingPermission": missing}}}]))
     carol = cluster.user_kubeconfig("carol", [], tmp_path / "users")
     created = subprocess.run([cluster.kubectl_bin, f"--kubeconfig={carol}", "-n", namespace, "create", "-f", "-"],
                              input=yaml.safe_dump(rollback("by-carol", [{"name": "web"}])),

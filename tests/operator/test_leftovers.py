@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import yaml
+from rewind_testbed.install import PERMISSIVE
 
 from dbhelpers import CLAIM, database_names, db_rollback, db_secret, make_dump
 from helpers import get_rollback, kubectl_apply, wait_phase
@@ -47,7 +48,7 @@ def test_kept_databases_and_dumps_are_listed_and_removed_only_when_asked(
     cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump({
         "apiVersion": "rewind.dev/v1alpha1", "kind": "RollbackPolicy", "metadata": {"name": "default"},
         "spec": {"severities": [{"severity": "High", "approvals": [{"role": "devops-lead"}]}],
-                 "egress": [{"cidr": "127.0.0.0/8"}]}}))
+                 "egress": PERMISSIVE["egress"]}}))
     kubectl_apply(cluster, ns, db_rollback("second"))
     wait_phase(api_client, ns, "second", {"AwaitingApproval"}, timeout=60)
     refused = rewind(cluster, "cleanup", "first", "-n", ns, "--yes")

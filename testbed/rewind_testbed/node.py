@@ -8,9 +8,9 @@ volumes, and kubelet reports what happened (exit codes, termination messages, lo
 cluster. It is what scripts/test-on-real-node.sh runs the suite against, in the mode an existing
 cluster gets (REWIND_TEST_EXISTING_CLUSTER=1).
 
-Its pod network is a bridge with one subnet, no masquerading and no route out: pods reach this
-machine at the bridge's address (HOST_ADDRESS), where the tests' PostgreSQL and S3 server listen,
-and nothing else. With a control plane that publishes itself there (ControlPlane.pod_address),
+Its pod network is a bridge with one subnet, its gateway this machine, with no masquerading: pods
+reach this machine (at the bridge's address, HOST_ADDRESS, where the tests' PostgreSQL and S3
+server listen) and nothing beyond it. With a control plane that publishes itself there (ControlPlane.pod_address),
 kube-proxy routes the `kubernetes` Service to the API server, so an operator can run in a pod;
 CoreDNS on the bridge's address is the cluster DNS (Service names only; nothing outside).
 The kubelet serves its API on the bridge's address only, to clients with a certificate from the
@@ -92,7 +92,8 @@ class RealNode:
 
         (d / "cni/net.d/10-rewind-node.conflist").write_text(json.dumps({
             "cniVersion": "1.0.0", "name": "rewind-node",
-            "plugins": [{"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False,
+            "plugins": [{"type": "bridge", "bridge": BRIDGE, "isGateway": True, "isDefaultGateway": True,
+                         "ipMasq": False,
                          "ipam": {"type": "host-local", "dataDir": str(d / "cni/ipam"),
                                   "ranges": [[{"subnet": SUBNET, "gateway": HOST_ADDRESS}]]}}],
         }, indent=2))

@@ -21,6 +21,7 @@ Needs root (namespaces, cgroups, mounts) on a Linux host with cgroups (v1 or v2)
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -43,6 +44,7 @@ BRIDGE = "rwnode0"
 SUBNET = "10.213.0.0/24"
 HOST_ADDRESS = "10.213.0.1"      # the bridge's address: the node's, and where pods reach this machine
 NAMESPACE = "k8s.io"             # containerd's namespace for the CRI
+LOCK = "/run/rewind-real-node.lock"
 
 
 def build_binaries() -> Path:
@@ -60,6 +62,7 @@ class RealNode:
     run_dir: Path
     bin_dir: Path
     procs: list[Proc] = field(default_factory=list)
+    _lock: object = field(default=None, repr=False)
 
     @property
     def socket(self) -> Path:
@@ -71,6 +74,20 @@ class RealNode:
         if os.geteuid() != 0:
             raise RuntimeError("a real node needs root (namespaces, cgroups, mounts)")
         node = cls(cp=cp, run_dir=run_dir, bin_dir=build_binaries())
+        # One real node per machine: they would share the bridge, iptables' chains and the
+        # kubepods cgroups. The lock is held until stop() has undone all of it.
+        node._lock = open(LOCK, "w")
+        deadline = time.monotonic() + 120      # one that is stopping gets the time to finish
+        while True:
+            try:
+                fcntl.flock(node._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    node._lock.close()
+                    raise RuntimeError(f"another real node runs on this machine (it holds {LOCK}); "
+                                       "stop it first") from None
+                time.sleep(0.5)
         try:
             node._start(images)
         except BaseException:
@@ -267,6 +284,9 @@ state = "{self.socket.parent / 'state'}"
                 subprocess.run(["umount", "-l", mount], capture_output=True)
         _ip("link", "del", BRIDGE, check=False)
         shutil.rmtree(self.socket.parent, ignore_errors=True)
+        if self._lock:
+            self._lock.close()     # and with it the lock
+            self._lock = None
 
 
 def _pause_image() -> str:

@@ -17,7 +17,13 @@ dir=$(mktemp -d /tmp/rewind-real-node.XXXXXX)
 chmod 755 "$dir"
 .venv/bin/rewind-testbed up --real-node --no-postgres --dir "$dir" > "$dir/up.log" 2>&1 &
 bed=$!
-trap 'kill -TERM $bed 2>/dev/null; wait $bed 2>/dev/null || true' EXIT
+# The bed stops (its node unmounts what it mounted), then its directory goes (containerd's images
+# and snapshots: about a GiB), unless REWIND_KEEP_BED=1.
+finish() {
+  kill -TERM "$bed" 2>/dev/null; wait "$bed" 2>/dev/null || true
+  if [ "${REWIND_KEEP_BED:-}" != 1 ] && ! grep -q " $dir/" /proc/mounts; then rm -rf "$dir"; fi
+}
+trap finish EXIT
 until grep -q "Press Ctrl-C" "$dir/up.log"; do
   kill -0 $bed 2>/dev/null || { cat "$dir/up.log" >&2; echo "the control plane or the node did not start" >&2; exit 1; }
   sleep 1

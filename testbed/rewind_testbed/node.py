@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -279,6 +280,7 @@ state = "{self.socket.parent / 'state'}"
         self.procs.clear()
         if proxied:    # its iptables rules, gone
             subprocess.run([str(self.bin_dir / "kube-proxy"), "--cleanup"], capture_output=True, timeout=60)
+        _remove_kube_chains()    # and kubelet's (KUBE-FIREWALL, the canaries)
         for root in (self.run_dir, self.socket.parent):
             for mount in sorted(_mounts_under(root), key=len, reverse=True):
                 subprocess.run(["umount", "-l", mount], capture_output=True)
@@ -292,6 +294,27 @@ state = "{self.socket.parent / 'state'}"
 def _pause_image() -> str:
     from rewind_testbed.nodeimage import PAUSE_IMAGE
     return PAUSE_IMAGE
+
+
+def _remove_kube_chains() -> None:
+    """Every KUBE-* chain, and every rule that jumps to one, in each table of iptables and
+    ip6tables: what kubelet and kube-proxy leave behind (only one real node runs per machine)."""
+    for tool in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle"):
+            listed = subprocess.run([tool, "-t", table, "-S"], capture_output=True, text=True)
+            if listed.returncode != 0:
+                continue
+            lines = listed.stdout.splitlines()
+            for rule in lines:
+                parts = shlex.split(rule)
+                if parts[:1] == ["-A"] and "-j" in parts and parts[parts.index("-j") + 1].startswith("KUBE-") \
+                        and not parts[1].startswith("KUBE-"):
+                    subprocess.run([tool, "-t", table, "-D", *parts[1:]], capture_output=True)
+            chains = [line.split()[1] for line in lines if line.startswith("-N KUBE-")]
+            for chain in chains:
+                subprocess.run([tool, "-t", table, "-F", chain], capture_output=True)
+            for chain in chains:
+                subprocess.run([tool, "-t", table, "-X", chain], capture_output=True)
 
 
 def _iptables_has(chain: str) -> bool:

@@ -156,6 +156,10 @@ def build() -> list[Path]:
                 ([TOOL_IMAGE], {"Env": env, "Entrypoint": ["rewind"], "Cmd": ["run"], "User": "10001:10001"}),
                 ([APP_IMAGE], {"Env": env, "Cmd": ["nginx", "-g", "daemon off;"], "StopSignal": "SIGQUIT"}),
             ])
+    # Earlier builds (other sources, other packages) go: each is half a GiB.
+    for stale in [*cache.glob("rewind-node-*.tar"), *cache.glob("pause-*.tar"), *cache.glob("bookworm-*")]:
+        if stale not in (image_out, pause_out, rootfs.parent):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     return [image_out, pause_out]
 
 

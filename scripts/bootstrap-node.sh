@@ -13,12 +13,7 @@ dpkg -s libseccomp-dev >/dev/null 2>&1 || apt_packages+=(libseccomp-dev)
 command -v pkg-config >/dev/null || apt_packages+=(pkg-config)
 command -v debootstrap >/dev/null || apt_packages+=(debootstrap)
 command -v ip >/dev/null || apt_packages+=(iproute2)
-if [ ${#apt_packages[@]} -gt 0 ]; then
-  log "installing ${apt_packages[*]} (Debian packages)"
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_packages[@]}" >/dev/null
-fi
+bash scripts/apt-install.sh "${apt_packages[@]}"
 bash testbed/build-node.sh >/dev/null
 .venv/bin/python -m rewind_testbed.nodeimage >/dev/null
 log "ready"

@@ -15,12 +15,7 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${REWIND_PG_BI
   apt_packages+=(postgresql)
 fi
 command -v shellcheck >/dev/null || apt_packages+=(shellcheck)
-if [ ${#apt_packages[@]} -gt 0 ]; then
-  log "installing ${apt_packages[*]} (Debian packages)"
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_packages[@]}" >/dev/null
-fi
+bash scripts/apt-install.sh "${apt_packages[@]}"
 
 python=${PYTHON:-python3}
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then

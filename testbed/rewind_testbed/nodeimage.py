@@ -98,7 +98,8 @@ def _layer(rootfs: Path, out: Path) -> None:
 def _archive(out: Path, layer: Path, images: list[tuple[list[str], dict]]) -> None:
     """A Docker archive (`docker save`'s format), which `ctr images import` reads: one layer under
     each image's tags and config."""
-    diff_id = "sha256:" + hashlib.sha256(layer.read_bytes()).hexdigest()
+    with layer.open("rb") as f:       # half a GiB: hashed as it is read, never held whole
+        diff_id = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
     manifest, configs = [], {}
     for tags, config in images:
         config_bytes = json.dumps({"architecture": "amd64", "os": "linux", "config": config,

@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import wait_for
+from helpers import CRD, OPERATOR_NS, OPERATOR_SA, REPO, install_crds, install_operator_role, wait_for  # noqa: F401
 
 pytest_plugins = ["rewind_testbed.pytest_plugin"]
-
-REPO = Path(__file__).resolve().parents[1]
-CRD = REPO / "crds" / "rollbacks.rewind.dev.yaml"
-RBAC = REPO / "manifests" / "rbac.yaml"
-OPERATOR_NS = "rewind-test-system"
-OPERATOR_SA = "rewind-operator"
 
 
 @pytest.fixture(scope="session")
@@ -25,27 +19,14 @@ def rollback_crd(cluster):
     """The committed CRDs and admission policies, installed the way a user installs them, and the
     test bed's ClusterRollbackPolicy (no approvals; the operator may connect to loopback only, where
     every test server listens). The authorization tests set their own policy in their namespace."""
-    from rewind_testbed.install import PERMISSIVE, install
-
-    install(cluster.kubectl, PERMISSIVE)
-    return CRD
+    return install_crds(cluster)
 
 
 @pytest.fixture(scope="session")
 def operator_role(cluster, api_client):
     """The shipped ClusterRole (manifests/rbac.yaml) and a ServiceAccount for the operator. The
     tests bind it per namespace, so the operator can reach nothing outside the test's namespace."""
-    import yaml
-
-    docs = list(yaml.safe_load_all(RBAC.read_text()))
-    roles = [d for d in docs if d["kind"] == "ClusterRole"]
-    discovery = next(d for d in docs if d["kind"] == "ClusterRoleBinding"
-                     and d["metadata"]["name"] == "rewind-operator-discovery")
-    discovery["subjects"] = [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NS}]
-    cluster.kubectl("create", "namespace", OPERATOR_NS, check=False)
-    cluster.kubectl("create", "serviceaccount", OPERATOR_SA, "-n", OPERATOR_NS, check=False)
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([*roles, discovery]))
-    return "rewind-operator"
+    return install_operator_role(cluster)
 
 
 def _operator_kubeconfig(cluster, api_client, namespace: str, role: str, path: Path) -> Path:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +17,35 @@ import yaml
 from kubernetes import client
 
 GROUP, VERSION, PLURAL = "rewind.dev", "v1alpha1", "rollbacks"
+
+
+REPO = Path(__file__).resolve().parents[1]
+CRD = REPO / "crds" / "rollbacks.rewind.dev.yaml"
+RBAC = REPO / "manifests" / "rbac.yaml"
+OPERATOR_NS = "rewind-test-system"
+OPERATOR_SA = "rewind-operator"
+
+
+def install_crds(cluster) -> Path:
+    """The committed CRDs and admission policies, installed the way a user installs them, and the
+    test bed's ClusterRollbackPolicy (the `rollback_crd` fixture)."""
+    from rewind_testbed.install import PERMISSIVE, install
+
+    install(cluster.kubectl, PERMISSIVE)
+    return CRD
+
+
+def install_operator_role(cluster) -> str:
+    """The shipped ClusterRoles and the operator's ServiceAccount (the `operator_role` fixture)."""
+    docs = list(yaml.safe_load_all(RBAC.read_text()))
+    roles = [d for d in docs if d["kind"] == "ClusterRole"]
+    discovery = next(d for d in docs if d["kind"] == "ClusterRoleBinding"
+                     and d["metadata"]["name"] == "rewind-operator-discovery")
+    discovery["subjects"] = [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NS}]
+    cluster.kubectl("create", "namespace", OPERATOR_NS, check=False)
+    cluster.kubectl("create", "serviceaccount", OPERATOR_SA, "-n", OPERATOR_NS, check=False)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([*roles, discovery]))
+    return "rewind-operator"
 
 
 def wait_for(what, check, timeout=90.0, interval=0.25):
@@ -187,3 +217,29 @@ def died_at(op, point: str, timeout: float = 150.0) -> None:
 def restart(op):
     assert CRASH_ENV not in os.environ, f"{CRASH_ENV} is set in the test's environment"
     return op.start()
+
+
+def assert_restored_once(cluster, api_client, apps, namespace: str, rs: dict, name: str, op) -> dict:
+    """The Deployment `web` rolled back from revision 3 to 2 (now 4) by the Rollback `name`, with every
+    effect once as the API server's audit log saw it (tests of API faults and outages)."""
+    rb = get_rollback(api_client, namespace, name)
+    assert rb["status"]["phase"] == "Succeeded", (rb["status"], op.output()[-4000:])
+    assert condition(rb, "Ready")["status"] == "True"
+    after = deployment_dict(apps, namespace, "web")
+    assert after["spec"]["template"] == template_of(rs[2])
+    assert after["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "4"
+    assert rolled_out(apps, namespace, "web")
+    # Exactly once, as the API server saw it: one patch of the Deployment, one report ConfigMap,
+    # never two Events of one outcome (an Event is told, not recorded: one lost to the faults
+    # after its retries is allowed; status is the record, checked above).
+    writes = audit_writes(cluster, namespace, "deployments", "web")
+    assert writes is not None, "no audit log: nothing can be proved"
+    assert [w["verb"] for w in writes if (w.get("responseStatus") or {}).get("code", 200) < 400] == ["patch"], writes
+    reasons = Counter(e.reason for e in events_for(api_client, namespace, name))
+    assert reasons["RolledBack"] <= 1 and reasons["Succeeded"] <= 1 and reasons["Planned"] <= 1, reasons
+    reports = [w for w in audit_writes(cluster, namespace, "configmaps")
+               if w["verb"] == "create" and (w.get("responseStatus") or {}).get("code", 200) < 400]
+    assert len(reports) == 1, reports
+    step = rb["status"]["steps"][0]
+    assert step["state"] == "Succeeded" and step["restoredRevision"] == 4, step
+    return rb

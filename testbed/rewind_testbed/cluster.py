@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import time
@@ -70,6 +71,10 @@ class ControlPlane:
     # Where pods reach the API server (a real node's bridge): it listens on every address and
     # publishes this one as the `kubernetes` Service's endpoint, for kube-proxy to route to.
     pod_address: str | None = None
+    # None: AUDIT_POLICY (writes with their bodies; no reads).
+    audit_policy: Path | None = None
+    _etcd: Proc | None = field(default=None, repr=False)
+    _api: Proc | None = field(default=None, repr=False)
 
     @property
     def server(self) -> str:
@@ -98,12 +103,13 @@ class ControlPlane:
 
     @classmethod
     def start(cls, run_dir: Path, bin_dir: Path | None = None, fake_nodes: bool = True,
-              pod_address: str | None = None) -> "ControlPlane":
+              pod_address: str | None = None, audit_policy: Path | None = None) -> "ControlPlane":
         bin_dir = bin_dir or build_binaries()
         run_dir.mkdir(parents=True, exist_ok=True)
         pki = pkimod.generate(run_dir / "pki")
         cp = cls(run_dir=run_dir, bin_dir=bin_dir, pki=pki, api_port=free_port(),
-                 kubeconfig=run_dir / "admin.kubeconfig", fake_nodes=fake_nodes, pod_address=pod_address)
+                 kubeconfig=run_dir / "admin.kubeconfig", fake_nodes=fake_nodes, pod_address=pod_address,
+                 audit_policy=audit_policy)
         try:
             cp._start_all()
         except BaseException:
@@ -152,16 +158,15 @@ class ControlPlane:
             "--max-requests-inflight=0", "--max-mutating-requests-inflight=0",
             "--enable-priority-and-fairness=false",
             "--profiling=false",
-            f"--audit-policy-file={AUDIT_POLICY}", f"--audit-log-path={self.audit_log}",
+            f"--audit-policy-file={self.audit_policy or AUDIT_POLICY}", f"--audit-log-path={self.audit_log}",
             "--audit-log-format=json", "--audit-log-mode=blocking",
             # To a real kubelet (logs, exec), as the admin; the kubelet checks it against the CA.
             f"--kubelet-client-certificate={pki.admin_crt}", f"--kubelet-client-key={pki.admin_key}",
             "--kubelet-preferred-address-types=InternalIP",
         )
+        self._etcd, self._api = etcd, api
         _write_kubeconfig(self.kubeconfig, self.server, pki)
-        with self._client() as client:
-            wait_until("kube-apiserver /readyz",
-                       lambda: client.get("/readyz").status_code == 200, 120, [etcd, api])
+        self._wait_apiserver_ready()
 
         common = [
             f"--kubeconfig={self.kubeconfig}",
@@ -191,6 +196,34 @@ class ControlPlane:
             "get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0,
             120, watched)
         self.started_in = time.monotonic() - t0
+
+    def _wait_apiserver_ready(self) -> None:
+        with self._client() as client:
+            wait_until("kube-apiserver /readyz",
+                       lambda: client.get("/readyz").status_code == 200, 120, [self._etcd, self._api])
+
+    def _named(self, name: str) -> Proc:
+        return next(p for p in self.procs if p.name == name)
+
+    def stop_process(self, name: str, kill: bool = False) -> None:
+        """One component (kube-apiserver, kube-controller-manager, ...) goes away: SIGTERM, or
+        SIGKILL with `kill` (its machine failed). The others stay, and reconnect once it is back."""
+        proc = self._named(name)
+        if kill and proc.alive():
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait(timeout=10)
+        proc.stop()
+
+    def start_process(self, name: str) -> None:
+        """The same component again: same arguments, ports, certificates, etcd and logs (the API
+        server's audit log goes on in the same file). Returns once the API server is ready."""
+        old = self._named(name)
+        new = Proc(old.name, old.argv, old.log)
+        new.start()
+        self.procs[self.procs.index(old)] = new
+        if old is self._api:
+            self._api = new
+            self._wait_apiserver_ready()
 
     def _create_nodes(self) -> None:
         nodes = []

@@ -15,10 +15,7 @@ import time
 import pytest
 from kubernetes import client
 
-from helpers import (
-    audit_writes, condition, deploy_revisions, deployment_dict, events_for, get_rollback, kubectl_apply,
-    rollback, rolled_out, template_of, wait_for, wait_phase,
-)
+from helpers import assert_restored_once, deploy_revisions, get_rollback, kubectl_apply, rollback, wait_for, wait_phase
 from rewind_testbed.faultproxy import FaultProxy, Rule
 
 pytestmark = pytest.mark.cluster
@@ -44,30 +41,6 @@ def proxy(cluster, idle_operator, tmp_path):
     p.stop()
 
 
-def _assert_restored_once(cluster, api_client, apps, namespace: str, rs: dict, name: str, proxy, op) -> dict:
-    rb = get_rollback(api_client, namespace, name)
-    assert rb["status"]["phase"] == "Succeeded", (rb["status"], op.output()[-4000:])
-    assert condition(rb, "Ready")["status"] == "True"
-    after = deployment_dict(apps, namespace, "web")
-    assert after["spec"]["template"] == template_of(rs[2])
-    assert after["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "4"
-    assert rolled_out(apps, namespace, "web")
-    # Exactly once, as the API server saw it: one patch of the Deployment, one report ConfigMap,
-    # never two Events of one outcome (an Event is told, not recorded: one lost to the faults
-    # after its retries is allowed; status is the record, checked above).
-    writes = audit_writes(cluster, namespace, "deployments", "web")
-    assert writes is not None, "no audit log: nothing can be proved"
-    assert [w["verb"] for w in writes if (w.get("responseStatus") or {}).get("code", 200) < 400] == ["patch"], writes
-    reasons = collections.Counter(e.reason for e in events_for(api_client, namespace, name))
-    assert reasons["RolledBack"] <= 1 and reasons["Succeeded"] <= 1 and reasons["Planned"] <= 1, reasons
-    reports = [w for w in audit_writes(cluster, namespace, "configmaps")
-               if w["verb"] == "create" and (w.get("responseStatus") or {}).get("code", 200) < 400]
-    assert len(reports) == 1, reports
-    step = rb["status"]["steps"][0]
-    assert step["state"] == "Succeeded" and step["restoredRevision"] == 4, step
-    return rb
-
-
 def test_errors_throttling_resets_lost_answers_and_gone_watches_change_nothing_twice(
         cluster, api_client, apps, namespace, idle_operator, proxy):
     rs = deploy_revisions(apps, namespace, "web", IMAGES)
@@ -87,7 +60,7 @@ def test_errors_throttling_resets_lost_answers_and_gone_watches_change_nothing_t
     print("faults injected:", collections.Counter(i[1] for i in proxy.injected), "of", proxy.requests, "requests")
     assert proxy.count("lose-response") == 1 and proxy.count("status") + proxy.count("reset") >= 3, \
         proxy.injected
-    _assert_restored_once(cluster, api_client, apps, namespace, rs, "undo", proxy, op)
+    assert_restored_once(cluster, api_client, apps, namespace, rs, "undo", op)
     assert op.proc.poll() is None, "the operator died"
 
 
@@ -120,5 +93,5 @@ def test_the_api_server_gone_mid_rollback(cluster, api_client, apps, namespace, 
     rb = wait_phase(api_client, namespace, "undo", {"Succeeded", "Failed", "Interrupted"}, timeout=240)
     print(f"{mode} {healed - started:.0f}s; the rollback ended {time.monotonic() - healed:.1f}s after it, "
           f"phase {rb['status']['phase']}")
-    _assert_restored_once(cluster, api_client, apps, namespace, rs, "undo", proxy, op)
+    assert_restored_once(cluster, api_client, apps, namespace, rs, "undo", op)
     assert op.proc.poll() is None, "the operator died"

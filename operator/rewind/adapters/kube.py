@@ -148,6 +148,17 @@ def _configure(cfg: client.Configuration) -> client.Configuration:
 
 
 REQUEST_ATTEMPTS = 4
+GONE_MEMORY = 1000
+
+
+def _gone_event(line: bytes) -> bool:
+    """A watch event `{"type": "ERROR", "object": {"kind": "Status", "code": 410}}`."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(event, dict) and event.get("type") == "ERROR" \
+        and isinstance(event.get("object"), dict) and event["object"].get("code") == 410
 
 
 def _retry_after(headers) -> float | None:
@@ -162,6 +173,8 @@ class Kube:
     def __init__(self, api: client.ApiClient):
         self.api = api
         self.api.user_agent = USER_AGENT
+        # (collection, selectors, resourceVersion answered 410 Gone) -> a list's resourceVersion
+        self._gone: dict[tuple, str] = {}
 
     def request(self, method: str, path: str, body: Any = None, query: dict | None = None,
                 content_type: str = "application/json") -> dict:
@@ -207,34 +220,61 @@ class Kube:
     def watch_one(self, res: Resource, namespace: str, name: str | None, resource_version: str | None,
                   timeout: float, label_selector: str | None = None) -> bool:
         """Blocks until the object changes after `resource_version` (True), or `timeout` seconds
-        pass without a change (False). Reads only: one watch request, closed at the first event."""
-        query = {"watch": "1", "timeoutSeconds": str(max(1, int(timeout)))}
+        pass without a change (False). Reads only: one watch request, closed at the first event.
+
+        A `resource_version` the API server no longer keeps history for (410 Gone: it restarted,
+        or etcd compacted) wakes the caller once, to read the world again; the same wait asked
+        again then watches from where a list stood at that wake, not from the lost version. Else
+        an object that has not changed since would be re-read and re-watched from its own version,
+        and 410 again at once: a busy loop against an API server that has just come back."""
+        selectors = {}
         if name:        # one object; without a name, any object of the namespace's collection
-            query["fieldSelector"] = f"metadata.name={name}"
+            selectors["fieldSelector"] = f"metadata.name={name}"
         if label_selector:
-            query["labelSelector"] = label_selector
-        if resource_version:
-            query["resourceVersion"] = resource_version
+            selectors["labelSelector"] = label_selector
+        key = (res.path(namespace), tuple(sorted(selectors.items())), resource_version)
+        since = self._gone.get(key, resource_version)
+        query = {"watch": "1", "timeoutSeconds": str(max(1, int(timeout))), **selectors}
+        if since:
+            query["resourceVersion"] = since
         method, url, headers, _, _ = self.api.param_serialize(
             method="GET", resource_path=res.path(namespace), query_params=list(query.items()),
             header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
         try:
             resp = self.api.call_api(method, url, header_params=headers, _request_timeout=timeout + 10)
         except client.ApiException as e:
+            if e.status == 410:
+                return self._lost_history(key, res, namespace, selectors)
             raise KubeError(e.status, e.reason or "", "watch refused") from None
         raw = resp.response
         try:
+            if resp.status == 410:
+                return self._lost_history(key, res, namespace, selectors)
             if resp.status >= 400:
                 raise KubeError(resp.status, "", "watch refused")
             buffer = b""
             for chunk in raw.stream(4096, decode_content=True):
                 buffer += chunk
                 if b"\n" in buffer:
-                    return True        # ADDED, MODIFIED, DELETED, or ERROR (410 Gone): look again
+                    if _gone_event(buffer.split(b"\n", 1)[0]):
+                        return self._lost_history(key, res, namespace, selectors)
+                    return True        # ADDED, MODIFIED, DELETED, or another ERROR: look again
             return bool(buffer.strip())
         finally:
             raw.close()
             raw.release_conn()
+
+    def _lost_history(self, key: tuple, res: Resource, namespace: str, selectors: dict) -> bool:
+        """410 Gone: where the collection stands now (a list of at most one item: its
+        resourceVersion is current), kept for the next watch of the same wait. True: the caller
+        reads the world again, since something may have changed in the history that was lost."""
+        listed = self.request("GET", res.path(namespace), query={**selectors, "limit": "1"})
+        current = (listed.get("metadata") or {}).get("resourceVersion")
+        if current:
+            if len(self._gone) >= GONE_MEMORY:
+                self._gone.clear()
+            self._gone[key] = current
+        return True
 
     # --- conveniences -----------------------------------------------------------------------
 

@@ -174,6 +174,8 @@ def run(args) -> int:
                   f"{rec['kubectl']['last_patch_s']}s / {rec['rewind']['last_patch_s']}s; operator peak RSS "
                   f"{op['peak_rss_mib']} MiB, CPU {op['cpu_s_until_ready']} s, {op['writes']} writes",
                   flush=True)
+            if r + 1 == args.rounds:
+                break       # the bed goes whole; no need to wait for 2 x N Deployments' pods to go
             # The next round starts from a cluster without this round's pods.
             bed.kubectl("delete", "deployments", "-A", "-l", f"rewind.dev/bench-group={group}", "--wait=false",
                         timeout=300)

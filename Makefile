@@ -12,7 +12,7 @@ test: bootstrap  ## all tests, against the local control plane and PostgreSQL
 
 test-long: bootstrap  ## the long tier: API outages of two minutes, the fuzz tier (500 specs per test), scale at 1000 Rollbacks, a 30-minute soak
 	REWIND_LONG_TIER=1 $(PY) -m pytest -m long tests/operator $(PYTEST_ARGS)
-	REWIND_FUZZ_EXAMPLES=$${REWIND_FUZZ_EXAMPLES:-500} $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
+	REWIND_FUZZ_EXAMPLES=$${REWIND_FUZZ_EXAMPLES:-500} $(PY) -m pytest tests/fuzz --timeout=3600 $(PYTEST_ARGS)
 	$(PY) bench/scale.py --rollbacks 1000 --namespaces 20 --rounds 1 --kubectl-parallel 20 --timeout 3600 --tag long
 	$(PY) bench/soak.py --minutes $${REWIND_SOAK_MINUTES:-30}
 
@@ -26,7 +26,7 @@ unit: bootstrap  ## tests that need no cluster and no database
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 fuzz: bootstrap  ## the long fuzz tier: 500 generated specs per test (make test runs a short smoke of each)
-	REWIND_FUZZ_EXAMPLES=$${REWIND_FUZZ_EXAMPLES:-500} $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
+	REWIND_FUZZ_EXAMPLES=$${REWIND_FUZZ_EXAMPLES:-500} $(PY) -m pytest tests/fuzz --timeout=3600 $(PYTEST_ARGS)
 
 demo: bootstrap  ## the end-to-end demo: the booking app rolled back on the local control plane
 	$(PY) examples/booking/demo.py

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -38,6 +39,7 @@ GIVE_UP_ATTEMPTS = 5          # recording the failure itself, 60 s apart; then t
 WATCH_SLICE = 5.0             # a wait's watch is renewed this often, so a stop is seen soon
 MIN_WAIT = 0.05
 EVENT_ATTEMPTS = 3
+PROBE_EVERY = 1.0             # while the API server cannot be reached: how often /readyz is asked
 _state: dict[str, Kube] = {}
 
 
@@ -226,7 +228,7 @@ def run(stopped, body, namespace: str, name: str, **_) -> None:
     lock = _pass_lock(body["metadata"]["uid"])
     last = None   # the Rollback as our last write returned it
     while not stopped:
-        obj = None
+        obj = back = None
         try:
             with lock:
                 # When kopf's live body is at the version of our own last write, nobody else wrote
@@ -281,17 +283,71 @@ def run(stopped, body, namespace: str, name: str, **_) -> None:
                         return
                     delay = 60
             wait = Wait(at=utcnow() + datetime.timedelta(seconds=delay), reason=f"retrying after: {what}")
+            back = _api_return.lost(k) if _unreachable(e) else None
         if wait is None:
             return
         _wait(k, namespace, wait, stopped, aborted=lambda: bool(engine.abort_requested(body))
-              and not engine.abort_requested(obj or body))
+              and not engine.abort_requested(obj or body), back=back)
 
 
-def _wait(k: Kube, namespace: str, wait: Wait, stopped, aborted=lambda: False) -> None:
-    """Until `wait.at`, or until its watched object changes, an abort is asked for, or the daemon
-    is stopped. Only reads: a watch request every WATCH_SLICE seconds at most."""
+def _unreachable(e: Exception) -> bool:
+    """The API server could not be reached, or said it cannot serve yet: not a fault of the pass."""
+    return isinstance(e, (urllib3.exceptions.HTTPError, OSError)) or (
+        isinstance(e, KubeError) and e.status in (502, 503, 504))
+
+
+class _ApiReturn:
+    """One prober per process: while passes fail because the API server cannot be reached, it
+    asks GET /readyz once a second (not once per Rollback); when the API server answers, every
+    Rollback in its error backoff wakes at once (spread over a second) instead of sleeping out a
+    backoff of up to 30 s. The prober stops once it is answered, or a little after the last such
+    failure."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._back = threading.Event()
+        self._until = 0.0
+        self._probing = False
+
+    def lost(self, k: Kube) -> threading.Event:
+        with self._lock:
+            self._until = time.monotonic() + 35     # longer than the longest backoff (30 s)
+            if not self._probing:
+                self._probing, self._back = True, threading.Event()
+                threading.Thread(target=self._probe, args=(k, self._back), name="api-return",
+                                 daemon=True).start()
+            return self._back
+
+    def _probe(self, k: Kube, back: threading.Event) -> None:
+        missed = False      # woken only if the API server was seen gone: a failure that came from
+        while True:         # elsewhere (with the API server there all along) keeps its backoff
+            if k.answers():
+                if missed:
+                    log.info("the API server answers again; Rollbacks in backoff resume now")
+                    back.set()
+                break
+            missed = True
+            with self._lock:
+                if time.monotonic() > self._until:
+                    break
+            time.sleep(PROBE_EVERY)
+        with self._lock:
+            self._probing = False
+
+
+_api_return = _ApiReturn()
+
+
+def _wait(k: Kube, namespace: str, wait: Wait, stopped, aborted=lambda: False,
+          back: threading.Event | None = None) -> None:
+    """Until `wait.at`, or until its watched object changes, an abort is asked for, the daemon
+    is stopped, or (`back`) the API server that could not be reached answers again. Only reads:
+    a watch request every WATCH_SLICE seconds at most."""
     first = True
     while not stopped and not aborted():
+        if back is not None and back.is_set():
+            stopped.wait(random.uniform(0, 1.0))     # not every waiting Rollback in one instant
+            return
         remaining = (wait.at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
         if remaining <= 0:
             if first:
@@ -309,7 +365,9 @@ def _wait(k: Kube, namespace: str, wait: Wait, stopped, aborted=lambda: False) -
                 log.debug("watch of %s %s failed (%s); waiting on the timer", w.resource.plural, w.name,
                           _describe(e))
                 wait = Wait(at=wait.at, reason=wait.reason)
-        stopped.wait(min(remaining, WATCH_SLICE))
+                if back is None and _unreachable(e):
+                    back = _api_return.lost(k)     # and on the API server's return
+        stopped.wait(min(remaining, PROBE_EVERY if back is not None else WATCH_SLICE))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="rollback-delete")

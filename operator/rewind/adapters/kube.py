@@ -264,6 +264,24 @@ class Kube:
             raw.close()
             raw.release_conn()
 
+    def answers(self, timeout: float = 2.0) -> bool:
+        """Whether the API server is there again: GET /readyz answered 200, or refused in a way
+        only a running API server refuses (401, 403: a cluster that keeps /readyz from this
+        account); False while it cannot be reached or says it is not ready (5xx, 429). Never
+        raises."""
+        try:
+            method, url, headers, _, _ = self.api.param_serialize(
+                method="GET", resource_path="/readyz", header_params={"Accept": "text/plain"},
+                auth_settings=["BearerToken"])
+            resp = self.api.call_api(method, url, header_params=headers, _request_timeout=timeout)
+            resp.read()
+            status = resp.status
+        except client.ApiException as e:
+            status = e.status
+        except Exception:  # noqa: BLE001 - unreachable, in any of the ways a connection fails
+            return False
+        return status == 200 or status in (401, 403)
+
     def _lost_history(self, key: tuple, res: Resource, namespace: str, selectors: dict) -> bool:
         """410 Gone: where the collection stands now (a list of at most one item: its
         resourceVersion is current), kept for the next watch of the same wait. True: the caller

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CRD, OPERATOR_NS, OPERATOR_SA, REPO, install_crds, install_operator_role, wait_for  # noqa: F401
+from helpers import OPERATOR_NS, OPERATOR_SA, install_crds, install_operator_role
 
 pytest_plugins = ["rewind_testbed.pytest_plugin"]
 

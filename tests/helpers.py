@@ -243,3 +243,19 @@ def assert_restored_once(cluster, api_client, apps, namespace: str, rs: dict, na
     step = rb["status"]["steps"][0]
     assert step["state"] == "Succeeded" and step["restoredRevision"] == 4, step
     return rb
+
+
+OUTAGE_IMAGES = ["registry.local/booking:1.0", "registry.local/booking:1.1", "registry.local/booking:1.2-bad"]
+
+
+def rollout_under_way(cluster, api_client, apps, namespace: str, idle_operator):
+    """The scene of the API outage tests: Deployment `web` with three revisions (new pods need 15 s
+    to count as available), the operator started, the Rollback `undo` (to the previous revision)
+    applied and its step Waiting for the rollout. Returns the ReplicaSets by revision, and the
+    operator."""
+    rs = deploy_revisions(apps, namespace, "web", OUTAGE_IMAGES, minReadySeconds=15)
+    op = idle_operator.start()
+    kubectl_apply(cluster, namespace, rollback("undo", [{"kind": "Deployment", "name": "web", "toRevision": "previous"}]))
+    wait_for("the rollout under way", lambda: (get_rollback(api_client, namespace, "undo").get("status", {})
+                                                .get("steps") or [{}])[0].get("state") == "Waiting", timeout=60)
+    return rs, op

@@ -15,12 +15,14 @@ import time
 import pytest
 from kubernetes import client
 
-from helpers import assert_restored_once, deploy_revisions, get_rollback, kubectl_apply, rollback, wait_for, wait_phase
+from helpers import (
+    OUTAGE_IMAGES as IMAGES, assert_restored_once, deploy_revisions, get_rollback, kubectl_apply, rollback,
+    rollout_under_way, wait_phase,
+)
 from rewind_testbed.faultproxy import FaultProxy, Rule
 
 pytestmark = pytest.mark.cluster
 
-IMAGES = ["registry.local/booking:1.0", "registry.local/booking:1.1", "registry.local/booking:1.2-bad"]
 LONG = os.environ.get("REWIND_LONG_TIER") == "1"
 
 
@@ -75,11 +77,7 @@ def test_the_api_server_gone_mid_rollback(cluster, api_client, apps, namespace, 
     and ends Succeeded, with every effect once."""
     if seconds > 60 and not LONG:
         pytest.skip("the long tier: make test-long")
-    rs = deploy_revisions(apps, namespace, "web", IMAGES, minReadySeconds=15)
-    op = idle_operator.start()
-    kubectl_apply(cluster, namespace, rollback("undo", [{"kind": "Deployment", "name": "web", "toRevision": "previous"}]))
-    wait_for("the rollout under way", lambda: (get_rollback(api_client, namespace, "undo").get("status", {})
-                                                .get("steps") or [{}])[0].get("state") == "Waiting", timeout=60)
+    rs, op = rollout_under_way(cluster, api_client, apps, namespace, idle_operator)
     (proxy.outage if mode == "outage" else proxy.blackhole)(True)
     started = time.monotonic()
     try:

@@ -23,15 +23,13 @@ import yaml
 from kubernetes import client, config
 
 from helpers import (
-    OPERATOR_NS, OPERATOR_SA, assert_restored_once, deploy_revisions, get_rollback, install_crds, install_operator_role, kubectl_apply,
-    rollback, wait_for, wait_phase,
+    OPERATOR_NS, OPERATOR_SA, assert_restored_once, install_crds, install_operator_role, rollout_under_way, wait_phase,
 )
 from rewind_testbed.cluster import AUDIT_POLICY, ControlPlane
 from rewind_testbed.pytest_plugin import Cluster
 
 pytestmark = pytest.mark.cluster
 
-IMAGES = ["registry.local/booking:1.0", "registry.local/booking:1.1", "registry.local/booking:1.2-bad"]
 LONG = os.environ.get("REWIND_LONG_TIER") == "1"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
 # After the API server is back: a get and a watch of the Deployment per wake, a wake per change of
@@ -101,11 +99,7 @@ def test_the_api_server_stopped_mid_rollback(control_plane, cluster, api_client,
     it saw last gets 410 Gone (the restart lost the history) and keeps getting it."""
     if seconds > 60 and not LONG:
         pytest.skip("the long tier: make test-long")
-    rs = deploy_revisions(apps, namespace, "web", IMAGES, minReadySeconds=15)
-    op = idle_operator.start()
-    kubectl_apply(cluster, namespace, rollback("undo", [{"kind": "Deployment", "name": "web", "toRevision": "previous"}]))
-    wait_for("the rollout under way", lambda: (get_rollback(api_client, namespace, "undo").get("status", {})
-                                                .get("steps") or [{}])[0].get("state") == "Waiting", timeout=60)
+    rs, op = rollout_under_way(cluster, api_client, apps, namespace, idle_operator)
     control_plane.stop_process("kube-controller-manager", kill=how == "kill")
     control_plane.stop_process("kube-apiserver", kill=how == "kill")
     stopped = time.monotonic()

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import yaml
 
-from rewind_testbed import cluster as cluster_mod
 from rewind_testbed.cluster import ControlPlane, build_binaries
 from rewind_testbed.install import PERMISSIVE, install
 
@@ -95,11 +94,8 @@ class Bed:
     @classmethod
     def start(cls, run_dir: Path, audit_all: bool = False) -> "Bed":
         bin_dir = build_binaries()
-        if audit_all:
-            # The test bed's policy logs writes only; the request count needs reads too. The
-            # control plane reads the module's AUDIT_POLICY when it starts the API server.
-            cluster_mod.AUDIT_POLICY = AUDIT_ALL_POLICY
-        cp = ControlPlane.start(run_dir / "cluster", bin_dir)
+        # The test bed's policy logs writes only; the request count needs reads too.
+        cp = ControlPlane.start(run_dir / "cluster", bin_dir, audit_policy=AUDIT_ALL_POLICY if audit_all else None)
         try:
             install(cp.kubectl, PERMISSIVE)     # CRDs, admission policies, a policy with no approvals
             docs = list(yaml.safe_load_all(RBAC.read_text()))

@@ -149,24 +149,30 @@ def events_for(api_client, namespace: str, name: str) -> list:
     return sorted(evs, key=lambda e: int(e.metadata.resource_version))
 
 
-def audit_writes(cluster, namespace: str, resource: str, name: str | None = None,
-                 user_agent_prefix: str = "rewind/", subresource: str | None = None) -> list[dict]:
-    """Mutating requests the operator made on `resource` (or on its `subresource`, e.g. "scale")
-    in `namespace`, from the API server's audit log. Without one we can read (an existing
-    cluster) the test fails, saying so: a check of what was written cannot pass unseen."""
+def audit_events(cluster, namespace: str):
+    """The API server's audit events whose line names `namespace`, parsed. Without an audit log we
+    can read (an existing cluster) the test fails, saying so: a check of what reached the API
+    server cannot pass unseen."""
     path: Path | None = getattr(cluster, "audit_log", None)
     if not path or not path.exists():
-        pytest.fail("this check counts writes in the API server's audit log, and this cluster gives "
+        pytest.fail("this check counts requests in the API server's audit log, and this cluster gives "
                     "the tests none (REWIND_TEST_EXISTING_CLUSTER): it cannot prove anything here")
-    out = []
     text = path.read_text()
     # The API server may be writing the last line as we read: only whole lines count.
     # Lines end with "\n" only: str.splitlines would also split inside a request body holding
     # U+0085 or U+2028, which JSON leaves unescaped.
     for line in text[:text.rfind("\n") + 1].split("\n"):
-        if not line or namespace not in line:
-            continue        # cheap: the log holds the whole session's writes
-        ev = json.loads(line)
+        if line and namespace in line:      # cheap: the log holds the whole session's requests
+            yield json.loads(line)
+
+
+def audit_writes(cluster, namespace: str, resource: str, name: str | None = None,
+                 user_agent_prefix: str = "rewind/", subresource: str | None = None) -> list[dict]:
+    """Mutating requests the operator made on `resource` (or on its `subresource`, e.g. "scale")
+    in `namespace`, from the API server's audit log. Without one we can read (an existing
+    cluster) the test fails, saying so: a check of what was written cannot pass unseen."""
+    out = []
+    for ev in audit_events(cluster, namespace):
         ref = ev.get("objectRef") or {}
         if (ev.get("verb") in ("create", "update", "patch", "delete")
                 and ref.get("namespace") == namespace and ref.get("resource") == resource

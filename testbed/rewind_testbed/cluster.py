@@ -208,11 +208,7 @@ class ControlPlane:
     def stop_process(self, name: str, kill: bool = False) -> None:
         """One component (kube-apiserver, kube-controller-manager, ...) goes away: SIGTERM, or
         SIGKILL with `kill` (its machine failed). The others stay, and reconnect once it is back."""
-        proc = self._named(name)
-        if kill and proc.alive():
-            os.killpg(proc.popen.pid, signal.SIGKILL)
-            proc.popen.wait(timeout=10)
-        proc.stop()
+        self._named(name).stop(sig=signal.SIGKILL if kill else signal.SIGTERM)
 
     def start_process(self, name: str) -> None:
         """The same component again: same arguments, ports, certificates, etcd and logs (the API

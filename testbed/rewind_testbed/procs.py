@@ -62,11 +62,13 @@ class Proc:
             raise RuntimeError(f"{self.name} exited with code {code}; see its log: {self.log}\n"
                                + tail(self.log))
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
+        """`sig` (SIGTERM; SIGKILL: no shutdown at all), then SIGKILL to the whole process group
+        if it has not ended after `timeout` seconds."""
         if not self.alive():
             return
         assert self.popen is not None
-        self.popen.send_signal(signal.SIGTERM)
+        self.popen.send_signal(sig)
         try:
             self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

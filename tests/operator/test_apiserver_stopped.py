@@ -13,7 +13,6 @@ stopping its API server would be felt by all of them."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -23,7 +22,7 @@ import yaml
 from kubernetes import client, config
 
 from helpers import (
-    OPERATOR_NS, OPERATOR_SA, assert_restored_once, install_crds, install_operator_role, rollout_under_way, wait_phase,
+    OPERATOR_NS, OPERATOR_SA, assert_restored_once, audit_events, install_crds, install_operator_role, rollout_under_way, wait_phase,
 )
 from rewind_testbed.cluster import AUDIT_POLICY, ControlPlane
 from rewind_testbed.pytest_plugin import Cluster
@@ -131,17 +130,11 @@ def _operator_reads(cluster, namespace: str, since: float) -> Counter:
 
     reads: Counter = Counter()
     seen: set[str] = set()      # a watch is logged when its answer starts and when it ends
-    for line in cluster.audit_log.read_text().split("\n"):
-        if not line or OPERATOR_USER not in line or namespace not in line:
-            continue
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue        # the last line, being written
+    for ev in audit_events(cluster, namespace):
         ref = ev.get("objectRef") or {}
         at = datetime.fromisoformat(ev["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
-        if ev.get("verb") in ("get", "list", "watch") and ref.get("namespace") == namespace and at >= since \
-                and ev["auditID"] not in seen:
+        if ev.get("user", {}).get("username") == OPERATOR_USER and ev.get("verb") in ("get", "list", "watch") \
+                and ref.get("namespace") == namespace and at >= since and ev["auditID"] not in seen:
             seen.add(ev["auditID"])
             reads[(ev["verb"], ref.get("resource"))] += 1
     return reads
